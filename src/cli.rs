@@ -1,0 +1,2 @@
+//! Command line (SPEC §1).
+#![forbid(unsafe_code)]

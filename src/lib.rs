@@ -1,0 +1,30 @@
+//! socketman: a device agent for OpenWrt routers and Raspberry Pi boards.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library; `smctl` (`src/bin/smctl.rs`)
+//! shares the job and event types. See the README's architecture section for the threads.
+
+pub mod agent;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod identity;
+pub mod jobs;
+pub mod logging;
+pub mod mqtt;
+pub mod state;
+pub mod sys;
+
+/// `socketman <semver> (<git sha or "unknown">)`, as `--version` prints it.
+pub fn version_line() -> String {
+    format!("socketman {} ({})", VERSION, GIT_SHA)
+}
+
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit the binary was built from, when the build could tell.
+pub const GIT_SHA: &str = match option_env!("SOCKETMAN_GIT_SHA") {
+    Some(s) => s,
+    None => "unknown",
+};

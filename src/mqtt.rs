@@ -1,0 +1,2 @@
+//! The MQTT link (SPEC §3). Filled in below.
+#![forbid(unsafe_code)]

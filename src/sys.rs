@@ -1,0 +1,120 @@
+//! The only `unsafe` in socketman: thin wrappers over libc, each with a SAFETY note.
+
+use std::io;
+
+/// Sends `sig` to the whole process group `pgid`.
+pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to signal group <= 1",
+        ));
+    }
+    // SAFETY: kill(2) takes plain integers and has no memory effects.
+    let rc = unsafe { libc::kill(-pgid, sig) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends `sig` to process `pid`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid pid"));
+    }
+    // SAFETY: kill(2) takes plain integers and has no memory effects.
+    let rc = unsafe { libc::kill(pid, sig) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// True when a process (or group, for negative ids) with this id exists.
+pub fn exists(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Clock ticks per second (for /proc/<pid>/stat times).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Page size in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Name of the user with this uid, from /etc/passwd (no NSS in a static binary).
+pub fn user_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.split(':');
+        let name = it.next()?;
+        let _pw = it.next()?;
+        let id: u32 = it.next()?.parse().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
+}
+
+/// Filesystem sizes of the mount at `path`: (total, free for root, available) in bytes.
+pub fn statvfs(path: &str) -> io::Result<(u64, u64, u64)> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: zeroed statvfs is a valid value of a plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated string and st a valid, writable struct.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let f = st.f_frsize as u64;
+    Ok((
+        st.f_blocks as u64 * f,
+        st.f_bfree as u64 * f,
+        st.f_bavail as u64 * f,
+    ))
+}
+
+/// `sync(2)` then `reboot(2)`: the last resort of SPEC §6.
+pub fn force_reboot() -> io::Error {
+    // SAFETY: sync and reboot take no pointers.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    io::Error::last_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basics() {
+        assert!(exists(std::process::id() as i32));
+        assert!(kill_group(1, 0).is_err());
+        assert!(clock_ticks() > 0);
+        assert!(page_size() >= 4096);
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        let (total, _, avail) = statvfs("/").unwrap();
+        assert!(total > 0 && avail <= total);
+    }
+}
