@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Build socketman as one static musl binary per target, without Docker.
+#
+#   scripts/build-static.sh [--no-install] TARGET...
+#
+# TARGET is a Rust triple:
+#   x86_64-unknown-linux-musl        musl-gcc (Debian musl-tools)
+#   aarch64-unknown-linux-musl       zig cc through cargo-zigbuild (PyPI: ziglang, cargo-zigbuild)
+#   armv7-unknown-linux-musleabihf   zig cc through cargo-zigbuild
+#   mipsel-unknown-linux-musl        tier 3: nightly, -Z build-std, zig cc (see docs/INSTALL.md)
+#   mips-unknown-linux-musl          tier 3: nightly, -Z build-std, zig cc (see docs/INSTALL.md)
+#
+# Always `--release --features vendored-ssl`: OpenSSL 3 is built from source (openssl-src) and
+# linked statically, once, for both paho (MQTT TLS) and ureq (HTTPS). OPENSSL_STATIC=1 makes
+# paho-mqtt-sys ask for the static libssl/libcrypto too.
+#
+# Missing pieces are installed (apt-get, rustup, pip) unless --no-install is given.
+# For each target it prints the binary's path, size and `file` output, and fails when the
+# binary has a program interpreter or NEEDED entries, i.e. is not static.
+# Output: target/<triple>/release/socketman (cargo keeps one directory per triple).
+# Environment: SOCKETMAN_BUILD_BINS (default "socketman"), CARGO_BUILD_JOBS as usual.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+INSTALL=1
+TARGETS=()
+for a in "$@"; do
+    case "$a" in
+        --no-install) INSTALL=0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "build-static: unknown option $a" >&2; exit 2 ;;
+        *) TARGETS+=("$a") ;;
+    esac
+done
+if [ ${#TARGETS[@]} -eq 0 ]; then
+    echo "usage: scripts/build-static.sh [--no-install] TARGET..." >&2
+    exit 2
+fi
+
+# Pinned so a fresh CI machine builds with what was tested.
+ZIG_VERSION=${ZIG_VERSION:-0.17.1}
+ZIGBUILD_VERSION=${ZIGBUILD_VERSION:-0.24.0}
+BINS=${SOCKETMAN_BUILD_BINS:-socketman}
+
+log() { echo "build-static: $*" >&2; }
+die() { echo "build-static: error: $*" >&2; exit 1; }
+
+APT_UPDATED=0
+apt_install() { # apt_install CMD PACKAGE... — install PACKAGEs when CMD is missing
+    local cmd=$1; shift
+    command -v "$cmd" >/dev/null 2>&1 && return 0
+    [ "$INSTALL" = 1 ] || die "$cmd is missing (apt-get install $*)"
+    command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and there is no apt-get: install $*"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if [ "$APT_UPDATED" = 0 ]; then
+        log "apt-get update"
+        $sudo apt-get update -qq >&2
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+ensure_zig() {
+    if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! { command -v zig >/dev/null 2>&1 || python3 -m ziglang version >/dev/null 2>&1; }; then
+        [ "$INSTALL" = 1 ] || die "zig / cargo-zigbuild missing (pip install ziglang==$ZIG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION)"
+        apt_install python3 python3 python3-pip
+        log "pip install ziglang==$ZIG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
+        python3 -m pip install -q "ziglang==$ZIG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION" >&2 \
+            || python3 -m pip install -q --break-system-packages "ziglang==$ZIG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION" >&2
+        hash -r
+        command -v cargo-zigbuild >/dev/null 2>&1 || die "cargo-zigbuild not on PATH after pip install (add python's bin dir to PATH)"
+    fi
+}
+
+ensure_target() { # ensure_target TOOLCHAIN TRIPLE
+    local tc=$1 triple=$2
+    if [ "$triple" = tier3 ]; then
+        rustup toolchain list | grep -q "^$tc" || { [ "$INSTALL" = 1 ] && rustup toolchain install --profile minimal "$tc" >&2; }
+        rustup +"$tc" component list --installed | grep -q '^rust-src' \
+            || { [ "$INSTALL" = 1 ] || die "rust-src missing for $tc"; rustup +"$tc" component add rust-src >&2; }
+        return
+    fi
+    rustup +"$tc" target list --installed | grep -qx "$triple" && return 0
+    [ "$INSTALL" = 1 ] || die "rust target $triple missing (rustup target add $triple)"
+    rustup +"$tc" target add "$triple" >&2
+}
+
+# musl-gcc has no kernel headers; OpenSSL wants <linux/...>. Give it Debian's, and only those,
+# after musl's own include directory (never glibc's headers).
+kernel_headers_dir() {
+    local arch=$1
+    local dir="$ROOT/target/kernel-headers-$arch"
+    if [ ! -f /usr/include/linux/mman.h ]; then
+        [ "$INSTALL" = 1 ] || die "kernel headers missing (apt-get install linux-libc-dev)"
+        apt_install socketman-no-such-command linux-libc-dev
+    fi
+    if [ ! -d "$dir" ]; then
+        mkdir -p "$dir"
+        ln -sfn /usr/include/linux "$dir/linux"
+        ln -sfn /usr/include/asm-generic "$dir/asm-generic"
+        ln -sfn "/usr/include/$arch-linux-gnu/asm" "$dir/asm"
+    fi
+    echo "$dir"
+}
+
+check_static() { # check_static BINARY
+    local bin=$1
+    if readelf -lW "$bin" | grep -q 'Requesting program interpreter'; then
+        die "$bin has a program interpreter: not static"
+    fi
+    if readelf -dW "$bin" 2>/dev/null | grep -q '(NEEDED)'; then
+        die "$bin needs shared libraries: $(readelf -dW "$bin" | grep NEEDED | tr -s ' ' | tr '\n' ' ')"
+    fi
+    file -b "$bin" | grep -Eq 'statically linked|static-pie linked' || die "$bin: file does not call it static: $(file -b "$bin")"
+}
+
+apt_install cmake cmake
+apt_install make make
+apt_install perl perl
+apt_install file file
+apt_install readelf binutils
+command -v rustup >/dev/null 2>&1 || die "rustup is required (https://rustup.rs)"
+
+bin_args=()
+for b in $BINS; do bin_args+=(--bin "$b"); done
+
+for triple in "${TARGETS[@]}"; do
+    start=$(date +%s)
+    env_vars=(OPENSSL_STATIC=1)
+    tv=${triple//-/_}
+    case "$triple" in
+        x86_64-unknown-linux-musl)
+            apt_install musl-gcc musl-tools
+            ensure_target stable "$triple"
+            kdir=$(kernel_headers_dir x86_64)
+            env_vars+=("CC_$tv=musl-gcc" "CFLAGS_$tv=-idirafter $kdir")
+            cmd=(cargo build)
+            ;;
+        aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf)
+            ensure_zig
+            ensure_target stable "$triple"
+            cmd=(cargo zigbuild)
+            ;;
+        mipsel-unknown-linux-musl|mips-unknown-linux-musl)
+            ensure_zig
+            ensure_target nightly tier3
+            # OpenSSL 3 uses __atomic_is_lock_free, which zig's compiler-rt lacks on 32-bit MIPS:
+            # take OpenSSL's lock-based fallback. Non-PIE: static-pie crashes at start-up there.
+            env_vars+=("CFLAGS_$tv=-DBROKEN_CLANG_ATOMICS"
+                       "CARGO_TARGET_${tv^^}_RUSTFLAGS=-C relocation-model=static -C target-feature=+crt-static")
+            cmd=(cargo +nightly zigbuild -Z build-std=std,panic_abort)
+            ;;
+        *) die "unsupported target $triple" ;;
+    esac
+    log "building $triple: ${env_vars[*]} ${cmd[*]} --release --features vendored-ssl"
+    env "${env_vars[@]}" "${cmd[@]}" --release --locked --features vendored-ssl --target "$triple" "${bin_args[@]}" >&2
+    end=$(date +%s)
+    for b in $BINS; do
+        bin="$ROOT/target/$triple/release/$b"
+        [ -x "$bin" ] || die "$bin was not built"
+        check_static "$bin"
+        echo "$triple: $bin"
+        echo "  size: $(stat -c %s "$bin") bytes ($(( ($(stat -c %s "$bin") + 1023) / 1024 )) KiB)"
+        echo "  file: $(file -b "$bin")"
+        echo "  build time: $((end - start)) s"
+    done
+done
