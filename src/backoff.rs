@@ -2,14 +2,17 @@
 //! only has to spread a fleet's retries, not be unpredictable).
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-static SEED: AtomicU64 = AtomicU64::new(0);
+// A Mutex, not an AtomicU64: 32-bit MIPS (mips/mipsel-unknown-linux-musl, most OpenWrt
+// routers) has no 64-bit atomics, so `AtomicU64` does not exist there.
+static SEED: Mutex<u64> = Mutex::new(0);
 
 /// A pseudo-random u64 (xorshift64*, seeded from the clock and the pid).
 pub fn random_u64() -> u64 {
-    let mut s = SEED.load(Ordering::Relaxed);
+    let mut seed = SEED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = *seed;
     if s == 0 {
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -20,7 +23,7 @@ pub fn random_u64() -> u64 {
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
-    SEED.store(s, Ordering::Relaxed);
+    *seed = s;
     s.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
