@@ -12,7 +12,10 @@ pub mod http;
 pub mod identity;
 pub mod jobs;
 pub mod logging;
+pub mod monitor;
 pub mod mqtt;
+pub mod provision;
+pub mod recovery;
 pub mod state;
 pub mod sys;
 
