@@ -42,6 +42,8 @@ pub struct Agent {
     pub mqtt_connected: AtomicBool,
     /// Last connectivity check.
     pub net: Mutex<NetStatus>,
+    /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
+    pub monitor: crate::monitor::Shared,
 }
 
 impl Agent {
@@ -62,6 +64,7 @@ impl Agent {
             outbox,
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
+            monitor: crate::monitor::Shared::default(),
         })
     }
 
