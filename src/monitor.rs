@@ -267,7 +267,7 @@ fn log_cmd(what: &str, ok: bool, detail: &str) {
 /// Runs `cmd` with `/bin/sh -c` in its own process group, killed after `timeout`.
 /// Returns success (exit 0) and a one-line summary.
 // Until main's `jobs::shell::run_shell` is merged, a minimal runner (output discarded).
-fn run_cmd(cmd: &str, timeout: Duration, output_max: usize) -> (bool, String) {
+pub(crate) fn run_cmd(cmd: &str, timeout: Duration, output_max: usize) -> (bool, String) {
     use std::os::unix::process::CommandExt;
     let _ = output_max;
     let mut child = match std::process::Command::new("/bin/sh")
