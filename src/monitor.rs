@@ -264,45 +264,27 @@ fn log_cmd(what: &str, ok: bool, detail: &str) {
     }
 }
 
-/// Runs `cmd` with `/bin/sh -c` in its own process group, killed after `timeout`.
-/// Returns success (exit 0) and a one-line summary.
-// Until main's `jobs::shell::run_shell` is merged, a minimal runner (output discarded).
+/// Runs `cmd` with `jobs::shell::run_shell` (own process group, killed after `timeout`).
+/// Returns success (exit 0) and a one-line summary with the start of the output.
 pub(crate) fn run_cmd(cmd: &str, timeout: Duration, output_max: usize) -> (bool, String) {
-    use std::os::unix::process::CommandExt;
-    let _ = output_max;
-    let mut child = match std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot start /bin/sh: {e}")),
+    let out = crate::jobs::shell::run_shell(cmd, timeout, output_max);
+    let head: String = out
+        .output
+        .lines()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" | ")
+        .chars()
+        .take(300)
+        .collect();
+    let status = match (&out.spawn_error, out.timed_out, out.exit_code, out.signal) {
+        (Some(e), _, _, _) => format!("not started: {e}"),
+        (None, true, _, _) => format!("timed out after {} s", timeout.as_secs()),
+        (None, false, Some(c), _) => format!("exit code {c}"),
+        (None, false, None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, false, None, None) => "no exit status".to_string(),
     };
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => {
-                return (
-                    st.success(),
-                    match st.code() {
-                        Some(c) => format!("exit code {c}"),
-                        None => "killed by a signal".into(),
-                    },
-                )
-            }
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = crate::sys::kill_group(child.id() as i32, libc::SIGKILL);
-                let _ = child.wait();
-                return (false, format!("timed out after {} s", timeout.as_secs()));
-            }
-            Err(e) => return (false, format!("wait: {e}")),
-        }
-    }
+    (out.success(), format!("{status}; output: {head:?}"))
 }
 
 /// Path of the reboot marker for `cfg`.

@@ -262,6 +262,19 @@ pub fn run_guarded<T>(agent: &Arc<Agent>, run: impl FnOnce() -> T) -> (T, Value)
     )
 }
 
+/// A `network` job: `cmd` as a shell job (`jobs::shell::run_shell`) inside [`run_guarded`].
+/// Returns the shell outcome and the job's `result` object.
+pub fn run_network_job(
+    agent: &Arc<Agent>,
+    cmd: &str,
+    timeout: Duration,
+    output_max: usize,
+) -> (crate::jobs::shell::ShellOutcome, Value) {
+    run_guarded(agent, || {
+        crate::jobs::shell::run_shell(cmd, timeout, output_max)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
