@@ -175,7 +175,7 @@ mod tests {
         let (boot, t0) = booted_long_ago();
         let mut m = Recovery::new(600, boot);
         let mut codes = vec![9];
-        codes.extend(std::iter::repeat(1).take(100)); // 1500 s offline
+        codes.extend([1u8; 100]); // 1500 s offline
         let acts = run(&mut m, t0, 15, &codes);
         assert_eq!(
             acts,
