@@ -473,3 +473,174 @@ fn boot_url_and_boot_cmd_run_at_start() {
     );
     assert!(!log.contains("s3cret-token"), "token redacted in the log");
 }
+
+/// A network namespace with a veth pair to the host: `host_ip` on the host side `vh`,
+/// `ns_ip` on `vn` inside, default route via the host. Removed on drop.
+struct Netns {
+    name: String,
+    vh: String,
+    vn: String,
+    host_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    fn create() -> Result<Netns, String> {
+        let n = crate::support::unique();
+        let octet = n % 250 + 1;
+        let ns = Netns {
+            name: format!("smt{n}"),
+            vh: format!("smh{n}"),
+            vn: format!("smn{n}"),
+            host_ip: format!("10.201.{octet}.1"),
+        };
+        let ns_ip = format!("10.201.{octet}.2/30");
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link", "add", &ns.vh, "type", "veth", "peer", "name", &ns.vn, "netns", &ns.name,
+        ])?;
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.vh])?;
+        ip(&["link", "set", &ns.vh, "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", &ns_ip, "dev", &ns.vn])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns.name, "link", "set", &ns.vn, "up"])?;
+        ip(&[
+            "-n",
+            &ns.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ns.host_ip,
+        ])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.vh]);
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[test]
+fn netns_link_cut_for_real_is_healed_by_network_restart_cmd() {
+    if !is_root() {
+        println!("NOT RUN: netns_link_cut_for_real_is_healed_by_network_restart_cmd needs root (ip netns, veth)");
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            println!("NOT RUN: netns_link_cut_for_real_is_healed_by_network_restart_cmd: cannot build the namespace: {e}");
+            return;
+        }
+    };
+    // The broker also listens on the host end of the veth, for the agent inside.
+    let mut b = Broker::start();
+    let ns_port = crate::support::free_port();
+    let conf = b.dir.path().join("mosquitto.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("listener {ns_port} {}\n", ns.host_ip));
+    fs::write(&conf, text).unwrap();
+    b.restart();
+    // The health target, on the host end too.
+    let target = TcpListener::bind((ns.host_ip.as_str(), 0)).unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    thread::spawn(move || {
+        for c in target.incoming() {
+            acc.fetch_add(1, Ordering::SeqCst);
+            drop(c);
+        }
+    });
+
+    let mut a = Agent::prepare(&b, |_| {});
+    let rec = a.dir.path().join("calls");
+    let mut cfg = a.config();
+    cfg["mqtt_host"] = json!(ns.host_ip);
+    cfg["port"] = json!(ns_port);
+    cfg["health_url"] = json!(ns.host_ip);
+    cfg["health_port"] = json!(target_port);
+    cfg["dns_check"] = json!("socketman-test.invalid");
+    cfg["reboot"] = json!(30);
+    // Runs inside the namespace (the agent's): brings the link and the route back.
+    let heal = format!(
+        "ip link set {} up && ip route replace default via {}",
+        ns.vn, ns.host_ip
+    );
+    cfg["network_restart_cmd"] = json!(recorder(&rec, "restart", &heal));
+    cfg["reboot_cmd"] = json!(recorder(&rec, "reboot", ""));
+    a.write_config(&cfg);
+    let wrapper = a.dir.path().join("socketman-in-netns");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ip netns exec {} '{}' \"$@\"\n",
+            ns.name,
+            a.bin.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    a.bin = wrapper;
+    a.env
+        .push(("SOCKETMAN_TEST_MONITOR_MS".into(), "500".into()));
+    a.spawn();
+    a.wait_online(1);
+    wait_log(
+        &a,
+        &format!("connectivity CODE 4 (online), route via {}", ns.vn),
+        Duration::from_secs(20),
+    );
+    assert!(accepted.load(Ordering::SeqCst) > 0);
+
+    // Cut the link for real: the interface goes down and its routes go with it.
+    let cut = wall();
+    ip(&["-n", &ns.name, "link", "set", &ns.vn, "down"]).unwrap();
+    let ev = a.wait_msg(
+        Topic::Status,
+        |v| is_recovery(v, "online"),
+        Duration::from_secs(90),
+    );
+    let r = records(&rec);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0, "restart");
+    let to_restart = r[0].1 - cut;
+    let offline_s = ev["meta"]["offline_s"].as_u64().unwrap();
+    println!(
+        "netns: link cut -> network_restart_cmd {to_restart:.2} s; RECOVERY online offline_s={offline_s}"
+    );
+    assert!(to_restart >= 15.0, "{to_restart}");
+    assert!((15..30).contains(&offline_s), "{offline_s}");
+    assert!(
+        a.log().contains("connectivity CODE 0 (offline)"),
+        "no route while the link was down"
+    );
+    a.term();
+}
