@@ -362,6 +362,32 @@ mod tests {
     }
 
     #[test]
+    fn reprovision_writes_and_applies_the_new_config() {
+        let new = r#"{"topic":"t2","key":"k2","mqtt_host":"127.0.0.1","monitor":30}"#;
+        let (url, seen) = serve(vec![(401, "no".into()), (200, new.into())]);
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("config.json");
+        std::fs::write(&path, VALID).unwrap();
+        let (cfg, _) = config::parse(VALID, "x").unwrap();
+        let agent = Agent::new(cfg, path.clone(), Some(url), "AA-BB-CC-DD-EE-FF".into());
+        assert!(
+            !reprovision(&agent),
+            "a 401 from the init server changes nothing"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), VALID);
+        assert_eq!(agent.cfg().topic, "t");
+        assert!(reprovision(&agent));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
+        assert_eq!(agent.cfg().topic, "t2");
+        assert_eq!(agent.cfg().monitor, 30);
+        assert!(seen.lock().unwrap()[1].contains("mac=AA-BB-CC-DD-EE-FF&machine="));
+        // Without -b there is nothing to ask.
+        let (cfg, _) = config::parse(VALID, "x").unwrap();
+        let agent = Agent::new(cfg, path, None, "m".into());
+        assert!(!reprovision(&agent));
+    }
+
+    #[test]
     fn jitter_bounds() {
         for _ in 0..100 {
             let j = jittered(RETRY);
