@@ -256,6 +256,8 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
+    crate::supervisor::spawn(&agent);
+    crate::watchdog::spawn(&agent);
 
     let mut why = "signal";
     for sig in signals.forever() {
@@ -283,6 +285,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     );
     jobs.stop(deadline - Duration::from_secs(3));
     // --- subsystems stop ---
+    crate::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
     while !agent.outbox.is_empty()
         && agent.is_connected()
         && Instant::now() < deadline - Duration::from_secs(2)

@@ -618,6 +618,17 @@ pub fn restart(agent: &Agent, name: &str) -> Result<Value, String> {
 /// Stops every service (TERM to all groups, KILL after 10 s) and starts none any more. For
 /// the clean stop of SPEC §10.
 pub fn stop_all(agent: &Agent) {
+    stop_all_within(agent, STOP_GRACE);
+}
+
+/// [`stop_all`] with the KILL coming by `deadline` at the latest (at least 1 s after TERM),
+/// so that the agent's own stop stays bounded.
+pub fn stop_all_by(agent: &Agent, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    stop_all_within(agent, left.clamp(Duration::from_secs(1), STOP_GRACE));
+}
+
+fn stop_all_within(agent: &Agent, grace: Duration) {
     let children: Vec<(i32, Child)> = {
         let mut t = agent.control.services.lock();
         t.shutdown = true;
@@ -634,7 +645,7 @@ pub fn stop_all(agent: &Agent) {
         return;
     }
     log::info!("stopping {} service(s)", children.len());
-    let done = terminate(children, STOP_GRACE);
+    let done = terminate(children, grace);
     let mut t = agent.control.services.lock();
     for (pid, exit) in done {
         if let Some(s) = t.svcs.iter_mut().find(|s| s.pid == Some(pid)) {
