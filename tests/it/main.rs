@@ -7,3 +7,4 @@ mod support;
 mod http;
 
 mod core;
+mod procs;
