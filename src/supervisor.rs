@@ -2,7 +2,8 @@
 //! back-off, `fatal` after too many failed starts, TERM→KILL stop, SERVICE events, and the
 //! `service.list/start/stop/restart` jobs.
 //!
-//! Threads: one `supervisor` thread ([`spawn`]) polls the children (`try_wait` every 200 ms),
+//! Threads: one `supervisor` thread ([`spawn`]) polls the children (`try_wait` every 250 ms
+//! while one runs, else it wakes when a restart is due or once a second),
 //! applies the restart policy and picks up config changes (HUP). Job workers and the watchdog
 //! act on services through [`start`], [`stop`], [`restart`]; the lead's shutdown calls
 //! [`stop_all`]. All of them share [`Services`] (in `agent.control.services`), one mutex over
@@ -367,13 +368,19 @@ fn terminate(children: Vec<(i32, Child)>, grace: Duration) -> Vec<(i32, Option<E
     done
 }
 
-/// One supervisor step at `now`: config changes, exits, due restarts.
-pub fn tick(agent: &Agent, now: Instant) {
+/// Poll period while a service runs (how soon an exit is seen).
+const POLL_RUNNING: Duration = Duration::from_millis(250);
+/// Wait when nothing runs or is due (how soon a HUP's new services start).
+const POLL_IDLE: Duration = Duration::from_secs(1);
+
+/// One supervisor step at `now`: config changes, exits, due restarts. Returns how long the
+/// thread may sleep before the next step.
+pub fn tick(agent: &Agent, now: Instant) -> Duration {
     let cfg = agent.cfg();
     let services = &agent.control.services;
     let mut t = services.lock();
     if t.shutdown || agent.stopping() {
-        return;
+        return POLL_IDLE;
     }
     // Config: new services, changed ones (applied at their next start), removed ones.
     for c in &cfg.services {
@@ -450,6 +457,16 @@ pub fn tick(agent: &Agent, now: Instant) {
             let _ = spawn_svc(agent, s, now);
         }
     }
+    let mut wait = POLL_IDLE;
+    for s in &t.svcs {
+        if s.child.is_some() {
+            wait = wait.min(POLL_RUNNING);
+        }
+        if let Some(due) = s.next_start {
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+    }
+    wait.max(Duration::from_millis(10))
 }
 
 /// Starts the supervisor thread (services with `autostart` start on its first tick).
@@ -463,8 +480,8 @@ pub fn spawn(agent: &Arc<Agent>) {
                 a.cfg().services.len()
             );
             loop {
-                tick(&a, Instant::now());
-                if a.wait_stop(Duration::from_millis(200)) {
+                let wait = tick(&a, Instant::now());
+                if a.wait_stop(wait) {
                     break;
                 }
             }
@@ -925,6 +942,35 @@ mod tests {
         assert_eq!(status_of(&a, "m"), Status::Stopped);
         assert_eq!(start(&a, "nope").unwrap_err(), "no such service: nope");
         assert_eq!(entries(&a).len(), 1);
+    }
+
+    #[test]
+    fn config_changes_add_and_remove_services() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(
+            vec![svc("old", "exec sleep 30", RestartPolicy::Always)],
+            d.path(),
+        );
+        let t0 = Instant::now();
+        tick(&a, t0);
+        let old_pid = info(&a, "old").unwrap().pid.unwrap();
+        // HUP: "old" removed, "new" added.
+        let mut cfg = (*a.cfg()).clone();
+        cfg.services = vec![svc("new", "exec sleep 30", RestartPolicy::Always)];
+        a.set_config(cfg);
+        tick(&a, t0);
+        assert!(info(&a, "old").is_none());
+        let new_pid = info(&a, "new").unwrap().pid.unwrap();
+        for _ in 0..200 {
+            if !crate::procs::alive(old_pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!crate::procs::alive(old_pid), "removed service stopped");
+        assert!(crate::procs::alive(new_pid));
+        stop_all(&a);
+        assert!(!crate::procs::alive(new_pid));
     }
 
     #[test]

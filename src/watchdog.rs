@@ -1,7 +1,7 @@
 //! The heartbeat watchdog (SPEC §8.2): UDP datagrams on `127.0.0.1:watchdog_port`, a table of
 //! heartbeating processes, KILL and restart of the silent ones, HEARTBEAT_LOST events.
 //!
-//! Threads: one `watchdog` thread ([`spawn`]) receives datagrams (500 ms read timeout, so it
+//! Threads: one `watchdog` thread ([`spawn`]) receives datagrams (1 s read timeout, so it
 //! sees the stop request), keeps the table in [`Shared`] (`agent.control.watchdog`, also read
 //! by healthz and the supervisor) and acts on expired entries. The timing is the pure
 //! [`Table`], driven with `Instant`s.
@@ -315,7 +315,7 @@ pub fn spawn(agent: &Arc<Agent>) {
             return;
         }
     };
-    if let Err(e) = sock.set_read_timeout(Some(Duration::from_millis(500))) {
+    if let Err(e) = sock.set_read_timeout(Some(Duration::from_secs(1))) {
         log::error!("watchdog: cannot set a read timeout: {e}");
         return;
     }
