@@ -103,6 +103,45 @@ pub fn force_reboot() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// IPv4 addresses of network interface `iface` (getifaddrs(3)), in the kernel's order.
+/// Used for `wan_ip` (SPEC §5, §6): the address of the default-route interface.
+pub fn ipv4_addrs_of(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a list it allocates into `head`.
+    let rc = unsafe { libc::getifaddrs(&mut head) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, which stays
+        // valid until freeifaddrs below; its fields are read, never written.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated C string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() != iface.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points at a sockaddr of at least the family field.
+        let family = unsafe { (*ifa.ifa_addr).sa_family };
+        if i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: for AF_INET the kernel stores a sockaddr_in at ifa_addr; read_unaligned
+        // does not assume the alignment of sockaddr_in.
+        let sin = unsafe { std::ptr::read_unaligned(ifa.ifa_addr as *const libc::sockaddr_in) };
+        out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +155,10 @@ mod tests {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         let (total, _, avail) = statvfs("/").unwrap();
         assert!(total > 0 && avail <= total);
+        assert_eq!(
+            ipv4_addrs_of("lo").unwrap().first(),
+            Some(&std::net::Ipv4Addr::LOCALHOST)
+        );
+        assert!(ipv4_addrs_of("no-such-if0").unwrap().is_empty());
     }
 }
