@@ -674,3 +674,24 @@ fn usage_reports_disks_and_memory() {
     assert!(m["available"].as_u64().unwrap() <= kb * 1024);
     assert!(m["free"].as_u64().unwrap() <= kb * 1024);
 }
+
+#[test]
+fn healthz_reflects_the_connectivity_check() {
+    let b = Broker::start();
+    let a = Agent::start(&b, |_| {});
+    let mut net = Value::Null;
+    wait_until("a connectivity check in healthz", T, || {
+        let h = a.job("healthz", json!({}));
+        net = h["meta"]["result"]["meta"]["network"].clone();
+        net["status"].is_u64()
+    });
+    let code = net["status"].as_u64().unwrap();
+    assert_eq!(net["online"], code > 1, "{net}");
+    assert!(net.get("wan_ip").is_some() && net.get("wan_gateway").is_some());
+    // Nothing made up: no services, no heartbeats, no wifi without a station interface here.
+    let h = a.job("healthz", json!({}));
+    let h = ok(&h);
+    assert_eq!(h["data"]["services"], json!([]));
+    assert_eq!(h["data"]["heartbeats"], json!([]));
+    assert_eq!(h["meta"]["watchdog"]["port"], Value::Null);
+}
