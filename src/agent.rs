@@ -42,6 +42,8 @@ pub struct Agent {
     pub mqtt_connected: AtomicBool,
     /// Last connectivity check.
     pub net: Mutex<NetStatus>,
+    /// Process control (issue 5): processes started by jobs, supervised services, heartbeats.
+    pub control: crate::procs::Control,
     /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
     pub monitor: crate::monitor::Shared,
 }
@@ -64,6 +66,7 @@ impl Agent {
             outbox,
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
+            control: crate::procs::Control::default(),
             monitor: crate::monitor::Shared::default(),
         })
     }
@@ -287,6 +290,8 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
+    crate::supervisor::spawn(&agent);
+    crate::watchdog::spawn(&agent);
     crate::monitor::spawn(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
 
@@ -318,6 +323,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     jobs.stop(deadline - Duration::from_secs(3));
     phase("jobs stopped");
     // --- subsystems stop ---
+    crate::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
     while !agent.outbox.is_empty()
         && agent.is_connected()
         && Instant::now() < deadline - Duration::from_secs(2)
