@@ -361,7 +361,9 @@ fn allow_list_ping_and_queue_limits() {
         .starts_with("forbidden"));
     // One running, one queued, the third is busy.
     let started = a.dir.path().join("q0-started");
-    a.send_job(&json!({"id": "q0", "meta": {"msg": format!("touch {}; sleep 5", started.display())}}));
+    a.send_job(
+        &json!({"id": "q0", "meta": {"msg": format!("touch {}; sleep 5", started.display())}}),
+    );
     let end = Instant::now() + T;
     while !started.exists() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(10));

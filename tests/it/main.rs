@@ -7,5 +7,5 @@ mod http;
 mod support;
 
 mod core;
-mod procs;
 mod monitor;
+mod procs;
