@@ -15,6 +15,7 @@ pub mod logging;
 pub mod mqtt;
 pub mod state;
 pub mod sys;
+pub mod update;
 
 /// `socketman <semver> (<git sha or "unknown">)`, as `--version` prints it.
 pub fn version_line() -> String {
