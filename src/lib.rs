@@ -13,6 +13,7 @@ pub mod identity;
 pub mod jobs;
 pub mod logging;
 pub mod mqtt;
+pub mod selfupdate;
 pub mod state;
 pub mod sys;
 pub mod update;

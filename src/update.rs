@@ -660,8 +660,8 @@ pub struct Observation {
     pub restarts: u64,
     /// SPEC §4.4 status word (`running`, `backoff`, `fatal`, …).
     pub status: String,
-    /// When the last heartbeat of the service arrived.
-    pub last_heartbeat: Option<Instant>,
+    /// When the last heartbeat of the service arrived (Unix seconds).
+    pub last_heartbeat: Option<u64>,
 }
 
 /// The verdict of a [`Watch`].
@@ -677,10 +677,11 @@ pub enum Verdict {
 
 /// Pure state machine deciding whether a freshly restarted service "stays up": running for
 /// `up_for` with the same pid and no new restart, and, when `need_heartbeat`, a heartbeat
-/// after `since` before `heartbeat_by`.
+/// in a later second than `since_unix` before `heartbeat_by`.
 #[derive(Debug, Clone)]
 pub struct Watch {
     since: Instant,
+    since_unix: u64,
     up_for: Duration,
     need_heartbeat: bool,
     heartbeat_by: Duration,
@@ -688,9 +689,15 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(since: Instant, up_for: Duration, heartbeat: Option<Duration>) -> Watch {
+    pub fn new(
+        since: Instant,
+        since_unix: u64,
+        up_for: Duration,
+        heartbeat: Option<Duration>,
+    ) -> Watch {
         Watch {
             since,
+            since_unix,
             up_for,
             need_heartbeat: heartbeat.is_some(),
             heartbeat_by: heartbeat.unwrap_or(up_for).max(up_for),
@@ -726,7 +733,7 @@ impl Watch {
         if elapsed < self.up_for {
             return Verdict::Pending;
         }
-        if !self.need_heartbeat || obs.last_heartbeat.is_some_and(|t| t >= self.since) {
+        if !self.need_heartbeat || obs.last_heartbeat.is_some_and(|t| t > self.since_unix) {
             return Verdict::Up;
         }
         if elapsed >= self.heartbeat_by {
@@ -797,12 +804,14 @@ fn locks() -> &'static Mutex<HashSet<String>> {
 struct ServiceLock(String);
 
 impl ServiceLock {
-    fn take(name: &str) -> Result<ServiceLock, UpdateError> {
+    /// Keyed by the service's directory (one per service and state_dir).
+    fn take(name: &str, dir: &Path) -> Result<ServiceLock, UpdateError> {
+        let key = dir.to_string_lossy().into_owned();
         let mut set = locks().lock().unwrap_or_else(|p| p.into_inner());
-        if !set.insert(name.to_string()) {
+        if !set.insert(key.clone()) {
             return Err(UpdateError::Busy(name.to_string()));
         }
-        Ok(ServiceLock(name.to_string()))
+        Ok(ServiceLock(key))
     }
 }
 
@@ -834,7 +843,7 @@ fn watch(
     timing: &Timing,
     stop: &dyn Fn(Duration) -> bool,
 ) -> Verdict {
-    let mut w = Watch::new(since, timing.up_for, heartbeat);
+    let mut w = Watch::new(since, crate::events::now(), timing.up_for, heartbeat);
     loop {
         let v = match ctl.observe(name) {
             Some(obs) => w.step(Instant::now(), &obs),
@@ -864,8 +873,8 @@ pub fn service_update(
         .iter()
         .find(|s| s.name == a.name)
         .ok_or_else(|| UpdateError::NoSuchService(a.name.clone()))?;
-    let _lock = ServiceLock::take(&a.name)?;
     let dir = service_dir(&cfg.state_dir, &a.name);
+    let _lock = ServiceLock::take(&a.name, &dir)?;
     crate::state::ensure_dir(&dir).map_err(io_err(&dir))?;
     let previous = current_version(&dir);
     if previous.as_deref() == Some(a.version.as_str()) {
@@ -1289,7 +1298,7 @@ mod tests {
     #[test]
     fn watch_up_after_ten_seconds() {
         let t0 = Instant::now();
-        let mut w = Watch::new(t0, WATCH_UP, None);
+        let mut w = Watch::new(t0, 1000, WATCH_UP, None);
         assert_eq!(w.step(t0, &obs(true, 10, 0)), Verdict::Pending);
         assert_eq!(
             w.step(t0 + Duration::from_secs(5), &obs(true, 10, 0)),
@@ -1304,24 +1313,24 @@ mod tests {
     #[test]
     fn watch_down_on_exit_restart_or_new_pid() {
         let t0 = Instant::now();
-        let mut w = Watch::new(t0, WATCH_UP, None);
+        let mut w = Watch::new(t0, 1000, WATCH_UP, None);
         w.step(t0, &obs(true, 10, 0));
         assert!(
             matches!(w.step(t0 + Duration::from_secs(1), &obs(false, 10, 0)), Verdict::Down(s) if s.contains("backoff"))
         );
-        let mut w = Watch::new(t0, WATCH_UP, None);
+        let mut w = Watch::new(t0, 1000, WATCH_UP, None);
         w.step(t0, &obs(true, 10, 0));
         assert!(
             matches!(w.step(t0 + Duration::from_secs(2), &obs(true, 11, 1)), Verdict::Down(s) if s.contains("pid 10 then 11"))
         );
-        let mut w = Watch::new(t0, WATCH_UP, None);
+        let mut w = Watch::new(t0, 1000, WATCH_UP, None);
         w.step(t0, &obs(true, 10, 3));
         assert!(matches!(
             w.step(t0 + Duration::from_secs(2), &obs(true, 10, 4)),
             Verdict::Down(_)
         ));
         // "starting" right after the restart is tolerated, but not for ever.
-        let mut w = Watch::new(t0, WATCH_UP, None);
+        let mut w = Watch::new(t0, 1000, WATCH_UP, None);
         let mut starting = obs(false, 0, 0);
         starting.status = "starting".into();
         starting.pid = None;
@@ -1332,15 +1341,15 @@ mod tests {
     #[test]
     fn watch_waits_for_a_first_heartbeat() {
         let t0 = Instant::now();
-        let mut w = Watch::new(t0, WATCH_UP, Some(Duration::from_secs(30)));
+        let mut w = Watch::new(t0, 1000, WATCH_UP, Some(Duration::from_secs(30)));
         let mut o = obs(true, 10, 0);
-        o.last_heartbeat = Some(t0 - Duration::from_secs(1)); // from the old version
+        o.last_heartbeat = Some(1000); // the old version, in the second of the restart
         assert_eq!(w.step(t0 + Duration::from_secs(10), &o), Verdict::Pending);
         assert_eq!(w.step(t0 + Duration::from_secs(20), &o), Verdict::Pending);
-        o.last_heartbeat = Some(t0 + Duration::from_secs(21));
+        o.last_heartbeat = Some(1021);
         assert_eq!(w.step(t0 + Duration::from_secs(22), &o), Verdict::Up);
 
-        let mut w = Watch::new(t0, WATCH_UP, Some(Duration::from_secs(30)));
+        let mut w = Watch::new(t0, 1000, WATCH_UP, Some(Duration::from_secs(30)));
         let o = obs(true, 10, 0);
         w.step(t0, &o);
         assert!(
