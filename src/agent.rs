@@ -42,6 +42,8 @@ pub struct Agent {
     pub mqtt_connected: AtomicBool,
     /// Last connectivity check.
     pub net: Mutex<NetStatus>,
+    /// Process control (issue 5): processes started by jobs, supervised services, heartbeats.
+    pub control: crate::procs::Control,
 }
 
 impl Agent {
@@ -62,6 +64,7 @@ impl Agent {
             outbox,
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
+            control: crate::procs::Control::default(),
         })
     }
 

@@ -9,7 +9,30 @@ use std::sync::Arc;
 
 /// Every typed job this build runs (besides shell jobs). Anything else with a dot is
 /// REJECTED `unknown_type`.
-pub const TYPES: &[&str] = &["ping"];
+pub const TYPES: &[&str] = &[
+    "ping",
+    // process control (issue 5)
+    "healthz",
+    "usage",
+    "process.start",
+    "process.stop",
+    "process.signal",
+    "process.status",
+    "process.list",
+    "process.info",
+    "daemon.list",
+    "daemon.info",
+    "daemon.start",
+    "daemon.stop",
+    "daemon.restart",
+    "daemon.reload",
+    "daemon.enable",
+    "daemon.disable",
+    "service.list",
+    "service.start",
+    "service.stop",
+    "service.restart",
+];
 
 /// Types that are shell jobs with network safety (SPEC §4.4).
 pub const NETWORK_TYPES: &[&str] = &["network", "networking", "all"];
@@ -25,6 +48,12 @@ pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> 
     match ty {
         "ping" => {
             Ok(json!({"uptime": crate::identity::system_uptime(), "version": crate::VERSION}))
+        }
+        "healthz" | "usage" => crate::healthz::run(agent, ty),
+        t if t.starts_with("process.") => crate::procs::run(agent, t, args),
+        t if t.starts_with("daemon.") => crate::daemons::run(agent, t, args),
+        t if t.starts_with("service.") && crate::supervisor::TYPES.contains(&t) => {
+            crate::supervisor::run(agent, t, args)
         }
         other => {
             let _ = agent;
