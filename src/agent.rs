@@ -250,12 +250,19 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
 
     let jobs = crate::jobs::Jobs::start(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
-    jobs.answer_unfinished(&agent, None);
+    // A pending self-update's job is answered by selfupdate::on_start, not as interrupted.
+    let pending_update = crate::selfupdate::pending_job_id(&agent.cfg().state_dir);
+    jobs.answer_unfinished(&agent, pending_update.as_deref());
     let (link_thread, out_thread) = link
         .spawn(&agent, jobs.clone())
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
+    // Supervisor and heartbeat watchdog (issue 5), wired here so that updates can be tested;
+    // keep ONE copy of these two lines when merging branches.
+    crate::supervisor::spawn(&agent);
+    crate::watchdog::spawn(&agent);
+    crate::selfupdate::on_start(&agent, &jobs);
 
     let mut why = "signal";
     for sig in signals.forever() {
@@ -283,6 +290,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     );
     jobs.stop(deadline - Duration::from_secs(3));
     // --- subsystems stop ---
+    crate::supervisor::stop_all(&agent);
     while !agent.outbox.is_empty()
         && agent.is_connected()
         && Instant::now() < deadline - Duration::from_secs(2)

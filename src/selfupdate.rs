@@ -21,7 +21,7 @@
 #![forbid(unsafe_code)]
 
 use crate::agent::Agent;
-use crate::events::Topic;
+use crate::jobs::Jobs;
 use crate::update;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -305,7 +305,7 @@ fn reexec(agent: &Arc<Agent>, exe: &Path) -> io::Error {
 /// Services started by this process: stopped before a re-exec (the new image does not know
 /// them and starts them again).
 fn stop_services(agent: &Arc<Agent>) {
-    let _ = agent; // wired to the supervisor once it is merged
+    crate::supervisor::stop_all(agent);
 }
 
 /// What a starting process does with a marker (pure; see the module doc).
@@ -364,9 +364,17 @@ pub fn processed(m: &Marker, success: bool, error: Option<&str>) -> Value {
            "event_type": "PROCESSED", "meta": meta})
 }
 
-fn report(agent: &Arc<Agent>, marker_file: &Path, m: &Marker, success: bool, error: Option<&str>) {
+fn report(
+    agent: &Arc<Agent>,
+    jobs: &Jobs,
+    marker_file: &Path,
+    m: &Marker,
+    success: bool,
+    error: Option<&str>,
+) {
     let msg = processed(m, success, error);
-    agent.outbox.publish(Topic::Pub, &msg, 1, false);
+    // Stored with the job id (a re-delivered job is a duplicate) and sent like any result.
+    jobs.finish(agent, &m.job_id, &msg);
     match fs::remove_file(marker_file) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -400,9 +408,15 @@ fn roll_back(agent: &Arc<Agent>, marker_file: &Path, mut m: Marker, why: String)
     log::error!("re-executing {} failed: {err}", m.path.display());
 }
 
+/// The job id of a pending update, for `Jobs::answer_unfinished` at start-up: that job is
+/// answered by [`on_start`], not as "interrupted".
+pub fn pending_job_id(state_dir: &Path) -> Option<String> {
+    read_marker(&marker_path(state_dir)).map(|m| m.job_id)
+}
+
 /// Call once at start-up (from `agent::run`, with the other subsystems, before or after the
 /// MQTT link starts): handles a pending update marker. Cheap when there is none.
-pub fn on_start(agent: &Arc<Agent>) {
+pub fn on_start(agent: &Arc<Agent>, jobs: &Arc<Jobs>) {
     let cfg = agent.cfg();
     let marker_file = marker_path(&cfg.state_dir);
     let Some(m) = read_marker(&marker_file) else {
@@ -410,13 +424,14 @@ pub fn on_start(agent: &Arc<Agent>) {
     };
     let mine = own_exe().ok().and_then(|p| update::sha256_file(&p).ok());
     let a = Arc::clone(agent);
+    let jobs = Arc::clone(jobs);
     let started = agent.started;
     let r = std::thread::Builder::new()
         .name("selfupdate".into())
         .spawn(move || match decide(m, mine.as_deref()) {
             Start::Failed(m, why) => {
                 wait_connected(&a, None);
-                report(&a, &marker_file, &m, false, Some(&why));
+                report(&a, &jobs, &marker_file, &m, false, Some(&why));
             }
             Start::RollBack(m, why) => roll_back(&a, &marker_file, m, why),
             Start::Confirm(m) => {
@@ -430,7 +445,7 @@ pub fn on_start(agent: &Arc<Agent>) {
                     m.starts
                 );
                 if wait_connected(&a, Some(started + CONNECT_DEADLINE)) {
-                    report(&a, &marker_file, &m, true, None);
+                    report(&a, &jobs, &marker_file, &m, true, None);
                 } else if !a.stopping() {
                     let why = format!(
                         "update to {} failed: no broker connection within {} s; rolled back",
