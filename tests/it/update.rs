@@ -618,3 +618,72 @@ fn new_binary_in_a_crash_loop_rolls_back_to_bak() {
     assert_eq!(log.matches("re-executing /").count(), 1, "{log}");
     assert_eq!(log.matches("starting as").count(), 2, "{log}");
 }
+
+#[test]
+fn heartbeating_service_must_beat_after_the_update() {
+    let b = Broker::start();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    drop(udp);
+    let app_dir = tempfile::tempdir().unwrap();
+    let out = app_dir.path().join("runs.log");
+    let script = app_dir.path().join("svc");
+    std::fs::write(&script, svc_script("1.0", &out, false)).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = Agent::start(&b, |c| {
+        c["watchdog_port"] = json!(port);
+        c["watchdog_timeout"] = json!(12);
+        c["services"] = json!([{"name": "svc", "cmd": "exec ./svc", "dir": app_dir.path(),
+                                "version": "1.0", "heartbeat": true}]);
+    });
+    wait_service(&a, |s| s["status"] == "running");
+    // The test plays the heartbeats of version 2.0, once it runs.
+    let beating = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (flag, runs) = (beating.clone(), out.clone());
+    let beater = std::thread::spawn(move || {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent = 0;
+        while flag.load(std::sync::atomic::Ordering::SeqCst) {
+            let text = std::fs::read_to_string(&runs).unwrap_or_default();
+            if let Some(line) = text.lines().last().filter(|l| l.starts_with("2.0 ")) {
+                let pid: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+                let beat = json!({"process_name": "svc", "pid": pid, "run_command": "./svc",
+                                  "version": {"major": 2, "minor": 0, "patch": 0}});
+                sock.send_to(beat.to_string().as_bytes(), ("127.0.0.1", port))
+                    .unwrap();
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        sent
+    });
+    let srv = Artifacts::start();
+    let (url, sum) = srv.put("/svc-2.0", &svc_script("2.0", &out, false));
+    let p = update_job(
+        &a,
+        "hb-2",
+        json!({"name": "svc", "url": url, "sha256": sum, "version": "2.0"}),
+    );
+    assert_eq!(p["meta"]["success"], true, "{p}");
+    assert_eq!(p["meta"]["result"]["rolled_back"], false);
+    beating.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(beater.join().unwrap() > 0);
+    let s = service(&a);
+    assert!(s["last_heartbeat"].as_u64().is_some(), "{s}");
+
+    // 3.0 runs but never heartbeats: rolled back.
+    let (url, sum) = srv.put("/svc-3.0", &svc_script("3.0", &out, false));
+    let p = update_job(
+        &a,
+        "hb-3",
+        json!({"name": "svc", "url": url, "sha256": sum, "version": "3.0"}),
+    );
+    assert_eq!(p["meta"]["success"], false, "{p}");
+    assert_eq!(p["meta"]["result"]["rolled_back"], true);
+    let e = p["meta"]["error"].as_str().unwrap();
+    assert!(
+        e.starts_with("new version did not stay up") && e.ends_with("rolled back to 2.0"),
+        "{e}"
+    );
+    assert_eq!(current(&a), Some(PathBuf::from("2.0")));
+}
