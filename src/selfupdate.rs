@@ -188,8 +188,14 @@ pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, String
             Err(e) => return Err(format!("new binary {shown}: wait failed: {e}")),
         }
     };
+    // A background child of the new binary could keep the pipes open: read for 1 s at most.
+    let read_end = Instant::now() + Duration::from_secs(1);
+    while readers.iter().any(|h| !h.is_finished()) && Instant::now() < read_end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let output: String = readers
         .into_iter()
+        .filter(|h| h.is_finished())
         .filter_map(|h| h.join().ok())
         .collect::<Vec<_>>()
         .join("");
@@ -430,8 +436,10 @@ pub fn on_start(agent: &Arc<Agent>, jobs: &Arc<Jobs>) {
         .name("selfupdate".into())
         .spawn(move || match decide(m, mine.as_deref()) {
             Start::Failed(m, why) => {
-                wait_connected(&a, None);
-                report(&a, &jobs, &marker_file, &m, false, Some(&why));
+                // Kept for the next start when socketman stops before reaching the broker.
+                if wait_connected(&a, None) {
+                    report(&a, &jobs, &marker_file, &m, false, Some(&why));
+                }
             }
             Start::RollBack(m, why) => roll_back(&a, &marker_file, m, why),
             Start::Confirm(m) => {

@@ -142,4 +142,17 @@ mod tests {
         let (total, _, avail) = statvfs("/").unwrap();
         assert!(total > 0 && avail <= total);
     }
+
+    #[test]
+    fn cloexec_marks_inherited_descriptors() {
+        // SAFETY: dup/fcntl/close on descriptors this test owns.
+        unsafe {
+            let fd = libc::dup(2);
+            assert!(fd >= 3);
+            assert_eq!(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+            assert!(cloexec_from_3() >= 1);
+            assert_ne!(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+            libc::close(fd);
+        }
+    }
 }

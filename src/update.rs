@@ -68,8 +68,6 @@ pub enum UpdateError {
     Archive(String),
     /// A file operation failed (names the path).
     Io { path: PathBuf, err: io::Error },
-    /// The supervisor refused (names the service).
-    Supervisor(String),
 }
 
 impl fmt::Display for UpdateError {
@@ -93,7 +91,6 @@ impl fmt::Display for UpdateError {
             }
             UpdateError::Archive(s) => write!(f, "bad archive: {s}"),
             UpdateError::Io { path, err } => write!(f, "{}: {err}", path.display()),
-            UpdateError::Supervisor(s) => write!(f, "supervisor: {s}"),
         }
     }
 }
