@@ -258,8 +258,6 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
-    // Supervisor and heartbeat watchdog (issue 5), wired here so that updates can be tested;
-    // keep ONE copy of these two lines when merging branches.
     crate::supervisor::spawn(&agent);
     crate::watchdog::spawn(&agent);
     crate::selfupdate::on_start(&agent, &jobs);
@@ -292,7 +290,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     jobs.stop(deadline - Duration::from_secs(3));
     phase("jobs stopped");
     // --- subsystems stop ---
-    crate::supervisor::stop_all(&agent);
+    crate::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
     while !agent.outbox.is_empty()
         && agent.is_connected()
         && Instant::now() < deadline - Duration::from_secs(2)

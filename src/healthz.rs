@@ -125,6 +125,7 @@ pub fn parse_meminfo(text: &str) -> Option<(u64, u64, u64)> {
 /// are skipped, and each mount point is listed once.
 pub fn parse_mounts(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    let mut devices: Vec<&str> = Vec::new();
     for l in text.lines() {
         let mut it = l.split_whitespace();
         let (Some(dev), Some(mnt), Some(fs)) = (it.next(), it.next(), it.next()) else {
@@ -148,7 +149,17 @@ pub fn parse_mounts(text: &str) -> Vec<String> {
             );
         // Octal escapes of /proc/mounts (\040 for a space).
         let mnt = unescape_mount(mnt);
-        if keep && !out.contains(&mnt) && !mnt.starts_with("/proc") && !mnt.starts_with("/sys") {
+        // A block device mounted twice (bind mounts) is one disk: the first mount stands for it.
+        let seen_device = dev.starts_with('/') && devices.contains(&dev);
+        if keep
+            && !seen_device
+            && !out.contains(&mnt)
+            && !mnt.starts_with("/proc")
+            && !mnt.starts_with("/sys")
+        {
+            if dev.starts_with('/') {
+                devices.push(dev);
+            }
             out.push(mnt);
         }
     }

@@ -356,6 +356,14 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
+/// Refuses to signal socketman itself (a STOP would freeze the agent for good).
+fn not_self(pid: i32) -> Result<(), String> {
+    if pid == std::process::id() as i32 {
+        return Err(format!("forbidden: {pid} is socketman itself"));
+    }
+    Ok(())
+}
+
 fn kill_err(pid: i32, e: std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ESRCH) => format!("no such pid: {pid}"),
@@ -483,6 +491,7 @@ pub fn stop(reg: &Registry, args: &Value) -> Result<Value, String> {
             .ok_or_else(|| format!("\"grace\" must be seconds (0-3600), found {v}"))?,
     };
     let grace = Duration::from_secs_f64(grace);
+    not_self(pid)?;
     let ours = reg.get(pid);
     if let Some(Some(e)) = ours {
         // Already ended: report how.
@@ -534,6 +543,7 @@ pub fn signal(args: &Value) -> Result<Value, String> {
     let pid = arg_pid(args, "pid")?;
     let name = arg_str(args, "signal")?;
     let sig = signal_number(name).ok_or_else(|| format!("unknown signal: {name}"))?;
+    not_self(pid)?;
     crate::sys::kill(pid, sig).map_err(|e| kill_err(pid, e))?;
     log::info!("process.signal: {name} sent to {pid}");
     Ok(json!({}))

@@ -618,6 +618,17 @@ pub fn restart(agent: &Agent, name: &str) -> Result<Value, String> {
 /// Stops every service (TERM to all groups, KILL after 10 s) and starts none any more. For
 /// the clean stop of SPEC §10.
 pub fn stop_all(agent: &Agent) {
+    stop_all_within(agent, STOP_GRACE);
+}
+
+/// [`stop_all`] with the KILL coming by `deadline` at the latest (at least 1 s after TERM),
+/// so that the agent's own stop stays bounded.
+pub fn stop_all_by(agent: &Agent, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    stop_all_within(agent, left.clamp(Duration::from_secs(1), STOP_GRACE));
+}
+
+fn stop_all_within(agent: &Agent, grace: Duration) {
     let children: Vec<(i32, Child)> = {
         let mut t = agent.control.services.lock();
         t.shutdown = true;
@@ -634,7 +645,7 @@ pub fn stop_all(agent: &Agent) {
         return;
     }
     log::info!("stopping {} service(s)", children.len());
-    let done = terminate(children, STOP_GRACE);
+    let done = terminate(children, grace);
     let mut t = agent.control.services.lock();
     for (pid, exit) in done {
         if let Some(s) = t.svcs.iter_mut().find(|s| s.pid == Some(pid)) {
@@ -768,6 +779,179 @@ mod tests {
             assert!(matches!(p.on_spawn_failed(t0 + s(i)), Next::Retry(_)));
         }
         assert_eq!(p.on_spawn_failed(t0 + s(10)), Next::Fatal);
+    }
+
+    fn agent_with(services: Vec<ServiceConfig>, dir: &std::path::Path) -> Arc<Agent> {
+        let cfg = crate::config::Config {
+            services,
+            state_dir: dir.join("state"),
+            watchdog_port: 0,
+            ..Default::default()
+        };
+        Agent::new(cfg, dir.join("c.json"), None, "AA-BB-CC-DD-EE-FF".into())
+    }
+
+    fn svc(name: &str, cmd: &str, restart: RestartPolicy) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            cmd: cmd.into(),
+            dir: None,
+            version: Some("1.0".into()),
+            autostart: true,
+            restart,
+            heartbeat: false,
+            env: Default::default(),
+        }
+    }
+
+    fn events(agent: &Agent) -> Vec<Value> {
+        agent
+            .outbox
+            .drain()
+            .iter()
+            .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
+            .filter(|v| v["event_type"] == "SERVICE")
+            .map(|v| v["meta"].clone())
+            .collect()
+    }
+
+    fn status_of(agent: &Agent, name: &str) -> Status {
+        info(agent, name).unwrap().status
+    }
+
+    #[test]
+    fn killed_service_is_restarted_with_backoff() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(
+            vec![svc("a", "exec sleep 30", RestartPolicy::Always)],
+            d.path(),
+        );
+        let t0 = Instant::now();
+        tick(&a, t0);
+        let first = info(&a, "a").unwrap();
+        assert_eq!(first.status, Status::Running);
+        assert_eq!(first.version.as_deref(), Some("1.0"));
+        let pid = first.pid.unwrap();
+        crate::sys::kill(pid, libc::SIGKILL).unwrap();
+        for _ in 0..200 {
+            tick(&a, t0);
+            if status_of(&a, "a") == Status::Backoff {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(status_of(&a, "a"), Status::Backoff);
+        // Not before its one second.
+        tick(&a, t0 + Duration::from_millis(500));
+        assert_eq!(status_of(&a, "a"), Status::Backoff);
+        tick(&a, t0 + Duration::from_secs(2));
+        let again = info(&a, "a").unwrap();
+        assert_eq!(again.status, Status::Running);
+        assert_eq!(again.restarts, 1);
+        assert_ne!(again.pid, Some(pid));
+        let ev = events(&a);
+        let st: Vec<&str> = ev.iter().map(|e| e["status"].as_str().unwrap()).collect();
+        assert_eq!(st, vec!["running", "backoff", "running"]);
+        assert_eq!(ev[1]["exit_code"], Value::Null);
+        assert_eq!(ev[2]["pid"], json!(again.pid));
+        stop_all(&a);
+        assert_eq!(status_of(&a, "a"), Status::Stopped);
+        assert!(!crate::procs::alive(again.pid.unwrap()));
+        // Nothing starts after stop_all.
+        tick(&a, t0 + Duration::from_secs(100));
+        assert_eq!(status_of(&a, "a"), Status::Stopped);
+    }
+
+    #[test]
+    fn always_failing_service_goes_fatal_until_started() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(vec![svc("f", "exit 3", RestartPolicy::OnFailure)], d.path());
+        let mut t = Instant::now();
+        for _ in 0..3000 {
+            tick(&a, t);
+            if status_of(&a, "f") == Status::Fatal {
+                break;
+            }
+            t += Duration::from_secs(1);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(status_of(&a, "f"), Status::Fatal);
+        let ev = events(&a);
+        assert_eq!(ev.iter().filter(|e| e["status"] == "running").count(), 10);
+        assert_eq!(ev.last().unwrap()["status"], "fatal");
+        assert_eq!(ev.last().unwrap()["exit_code"], 3);
+        assert_eq!(info(&a, "f").unwrap().restarts, 9);
+        // Stays fatal.
+        tick(&a, t + Duration::from_secs(1000));
+        assert_eq!(status_of(&a, "f"), Status::Fatal);
+        // A job starts it again.
+        let e = start(&a, "f").unwrap();
+        assert_eq!(e["status"], "running");
+        assert_eq!(e["name"], "f");
+    }
+
+    #[test]
+    fn jobs_stop_start_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let mut manual = svc("m", "exec sleep 30", RestartPolicy::Always);
+        manual.autostart = false;
+        manual.dir = Some(d.path().to_string_lossy().into_owned());
+        manual.cmd = "echo $GREETING > out; exec sleep 30".into();
+        manual.env.insert("GREETING".into(), "hello".into());
+        let a = agent_with(vec![manual], d.path());
+        tick(&a, Instant::now());
+        assert_eq!(status_of(&a, "m"), Status::Stopped);
+        let e = start(&a, "m").unwrap();
+        assert_eq!(e["status"], "running");
+        let pid = e["pid"].as_i64().unwrap() as i32;
+        for _ in 0..100 {
+            if std::fs::read_to_string(d.path().join("out")).is_ok_and(|s| s == "hello\n") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("out")).unwrap(),
+            "hello\n"
+        );
+        let r = restart(&a, "m").unwrap();
+        assert_eq!(r["restarts"], 1);
+        assert_ne!(r["pid"].as_i64().unwrap() as i32, pid);
+        assert!(!crate::procs::alive(pid));
+        let s = stop(&a, "m").unwrap();
+        assert_eq!(s["status"], "stopped");
+        assert_eq!(s["pid"], Value::Null);
+        tick(&a, Instant::now() + Duration::from_secs(100));
+        assert_eq!(status_of(&a, "m"), Status::Stopped);
+        assert_eq!(start(&a, "nope").unwrap_err(), "no such service: nope");
+        assert_eq!(entries(&a).len(), 1);
+    }
+
+    #[test]
+    fn installed_version_dir_is_used() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(
+            vec![svc(
+                "v",
+                "pwd > ../pwd.txt; exec sleep 30",
+                RestartPolicy::Never,
+            )],
+            d.path(),
+        );
+        let base = d.path().join("state/services/v");
+        std::fs::create_dir_all(base.join("2.0.1")).unwrap();
+        std::os::unix::fs::symlink("2.0.1", base.join("current")).unwrap();
+        tick(&a, Instant::now());
+        assert_eq!(info(&a, "v").unwrap().version.as_deref(), Some("2.0.1"));
+        for _ in 0..100 {
+            if base.join("pwd.txt").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pwd = std::fs::read_to_string(base.join("pwd.txt")).unwrap();
+        assert!(pwd.trim().ends_with("services/v/2.0.1"), "{pwd}");
+        stop_all(&a);
     }
 
     #[test]

@@ -367,6 +367,72 @@ mod tests {
     }
 
     #[test]
+    fn silent_process_is_killed_and_restarted() {
+        let d = tempfile::tempdir().unwrap();
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = crate::config::Config {
+            watchdog_port: port,
+            watchdog_timeout: 1,
+            state_dir: d.path().join("state"),
+            ..Default::default()
+        };
+        let a = Agent::new(cfg, d.path().join("c.json"), None, "AA-BB".into());
+        spawn(&a);
+        let mut victim = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let marker = d.path().join("restarted");
+        let hb = json!({"command":"heart_beat","process_name":"p","pid_of_process":victim.id(),
+            "run_command": format!("echo yes > {}; exec sleep 30", marker.display()),
+            "version":{"major":1,"minor":2,"patch":3}})
+        .to_string();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Beats and garbage for 2 s (twice the timeout): nothing happens.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(2) {
+            tx.send_to(hb.as_bytes(), ("127.0.0.1", port)).unwrap();
+            tx.send_to(b"{garbage", ("127.0.0.1", port)).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(a.outbox.drain().is_empty());
+        assert!(victim.try_wait().unwrap().is_none());
+        assert!(a.control.watchdog.malformed.load(Ordering::Relaxed) >= 5);
+        // Silence.
+        let lost = loop {
+            let m = a
+                .outbox
+                .pop(Duration::from_secs(5))
+                .expect("HEARTBEAT_LOST");
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if v["event_type"] == "HEARTBEAT_LOST" {
+                break v["meta"].clone();
+            }
+        };
+        assert_eq!(lost["process_name"], "p");
+        assert_eq!(lost["pid"], victim.id());
+        let status = victim.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        let new_pid = lost["restarted_pid"].as_i64().unwrap() as i32;
+        assert!(crate::procs::alive(new_pid));
+        for _ in 0..100 {
+            if marker.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(marker.exists());
+        let e = a.control.watchdog.entries();
+        assert_eq!(e[0]["version"], "1.2.3");
+        assert_eq!(e[0]["restarts"], 1);
+        assert_eq!(e[0]["pid"], new_pid);
+        a.request_stop();
+        crate::sys::kill_group(new_pid, libc::SIGKILL).unwrap();
+    }
+
+    #[test]
     fn both_forms() {
         let a = parse(br#"{"process_name":"ocr","pid":444,"run_command":"python3 x.py","version":{"major":1,"minor":0,"patch":2}}"#).unwrap();
         assert_eq!(

@@ -7,4 +7,5 @@ mod http;
 mod support;
 
 mod core;
+mod procs;
 mod update;
