@@ -9,7 +9,7 @@ use crate::support::{now, Agent, Broker, Topic};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,48 +18,82 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
-/// A tiny HTTP/1.1 server for binary artifacts: GET path → 200 with the bytes, else 404.
+/// A tiny HTTP/1.1 (or HTTPS) server for binary artifacts: GET path → 200 with the bytes,
+/// else 404.
 struct Artifacts {
     port: u16,
+    scheme: &'static str,
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+fn serve_one<S: Read + Write>(mut s: S, files: &Files) {
+    let path = {
+        let mut r = BufReader::new(&mut s);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                break;
+            }
+        }
+        line.split_whitespace().nth(1).unwrap_or("").to_string()
+    };
+    let body = files.lock().unwrap().get(&path).cloned();
+    let (status, body) = match body {
+        Some(b) => ("200 OK", b),
+        None => ("404 Not Found", b"no such artifact".to_vec()),
+    };
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(&body);
+    let _ = s.flush();
 }
 
 impl Artifacts {
     fn start() -> Artifacts {
+        Self::start_with(None)
+    }
+
+    /// HTTPS with the server certificate of `ca`.
+    fn start_tls(ca: &crate::support::TestCa) -> Artifacts {
+        let cert = std::fs::read(&ca.cert).unwrap();
+        let key = std::fs::read(&ca.key).unwrap();
+        let id = native_tls::Identity::from_pkcs8(&cert, &key).unwrap();
+        Self::start_with(Some(Arc::new(native_tls::TlsAcceptor::new(id).unwrap())))
+    }
+
+    fn start_with(tls: Option<Arc<native_tls::TlsAcceptor>>) -> Artifacts {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let files: Files = Arc::default();
         let f2 = files.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         std::thread::spawn(move || {
             for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let files = f2.clone();
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(s.try_clone().unwrap());
-                    let mut line = String::new();
-                    let _ = r.read_line(&mut line);
-                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                            break;
+                let Ok(s) = s else { return };
+                let (files, tls) = (f2.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    // A failed handshake (client refused the certificate) just ends here.
+                    Some(acc) => {
+                        if let Ok(t) = acc.accept(s) {
+                            serve_one(t, &files);
                         }
                     }
-                    let body = files.lock().unwrap().get(&path).cloned();
-                    let (status, body) = match body {
-                        Some(b) => ("200 OK", b),
-                        None => ("404 Not Found", b"no such artifact".to_vec()),
-                    };
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = s.write_all(&body);
+                    None => serve_one(s, &files),
                 });
             }
         });
-        Artifacts { port, files }
+        Artifacts {
+            port,
+            scheme,
+            files,
+        }
     }
 
     /// Serves `data` at `path`; returns (url, sha256).
@@ -68,7 +102,10 @@ impl Artifacts {
             .lock()
             .unwrap()
             .insert(path.to_string(), data.to_vec());
-        (format!("http://127.0.0.1:{}{path}", self.port), sha(data))
+        (
+            format!("{}://127.0.0.1:{}{path}", self.scheme, self.port),
+            sha(data),
+        )
     }
 }
 
@@ -112,6 +149,14 @@ fn targz(entries: &[(&str, &[u8], u32)], raw_names: &[(&[u8], &[u8])]) -> Vec<u8
 
 /// An agent with service `svc` (version 1.0 from `<dir>/app/svc`, started at once).
 fn agent_with_service(b: &Broker) -> (Agent, PathBuf, tempfile::TempDir) {
+    agent_with_service_cfg(b, |_| {})
+}
+
+/// As [`agent_with_service`], with more config changes.
+fn agent_with_service_cfg(
+    b: &Broker,
+    edit: impl FnOnce(&mut Value),
+) -> (Agent, PathBuf, tempfile::TempDir) {
     let app_dir = tempfile::tempdir().unwrap();
     let app = app_dir.path().to_path_buf();
     let out = app.join("runs.log");
@@ -121,6 +166,7 @@ fn agent_with_service(b: &Broker) -> (Agent, PathBuf, tempfile::TempDir) {
     let a = Agent::start(b, |c| {
         c["services"] = json!([{"name": "svc", "cmd": "exec ./svc", "dir": app, "version": "1.0",
                                 "autostart": true, "restart": "always"}]);
+        edit(c);
     });
     wait_service(&a, |s| s["status"] == "running" && s["version"] == "1.0");
     (a, out, app_dir)
@@ -686,4 +732,53 @@ fn heartbeating_service_must_beat_after_the_update() {
         "{e}"
     );
     assert_eq!(current(&a), Some(PathBuf::from("2.0")));
+}
+
+#[test]
+fn https_downloads_verify_the_certificate_unless_insecure() {
+    let b = Broker::start();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = crate::support::make_ca(certs.path(), "art");
+    let srv = Artifacts::start_tls(&ca);
+
+    // Trusted through cacrt.
+    let (a, out, _app) = agent_with_service_cfg(&b, |c| c["cacrt"] = json!(ca.ca));
+    let (url, sum) = srv.put("/svc-2.0", &svc_script("2.0", &out, false));
+    assert!(url.starts_with("https://"));
+    let p = update_job(
+        &a,
+        "tls-ok",
+        json!({"name": "svc", "url": url, "sha256": sum, "version": "2.0"}),
+    );
+    assert_eq!(p["meta"]["success"], true, "{p}");
+    assert_eq!(current(&a), Some(PathBuf::from("2.0")));
+
+    // Unknown CA: refused, nothing changed; with insecure (after HUP) it is accepted.
+    let (a, out, _app) = agent_with_service(&b);
+    let (url, sum) = srv.put("/svc-2.1", &svc_script("2.1", &out, false));
+    let p = update_job(
+        &a,
+        "tls-bad",
+        json!({"name": "svc", "url": url, "sha256": sum, "version": "2.1"}),
+    );
+    assert_eq!(p["meta"]["success"], false, "{p}");
+    let e = p["meta"]["error"].as_str().unwrap();
+    assert!(e.starts_with(&format!("download {url}: ")), "{e}");
+    assert_eq!(current(&a), None);
+    let mut cfg = a.config();
+    cfg["insecure"] = json!(1);
+    a.write_config(&cfg);
+    a.signal(1);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !a.log().contains("reloaded") {
+        assert!(Instant::now() < end, "no reload\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = update_job(
+        &a,
+        "tls-insecure",
+        json!({"name": "svc", "url": url, "sha256": sum, "version": "2.1"}),
+    );
+    assert_eq!(p["meta"]["success"], true, "{p}");
+    assert_eq!(current(&a), Some(PathBuf::from("2.1")));
 }
