@@ -94,6 +94,9 @@ pub struct Entry {
     /// Unix time of the last beat.
     pub last_seen: u64,
     pub restarts: u64,
+    /// Start time (clock ticks after boot) of `pid` when known: a KILL only goes to the same
+    /// process, never to one that got its pid later.
+    pub pid_start: Option<u64>,
     /// When it is considered lost.
     pub deadline: Instant,
     /// It was lost and could not be restarted: nothing more until it beats again.
@@ -107,12 +110,21 @@ pub struct Table {
 }
 
 impl Table {
-    /// Records a beat at `now` (`unix`: the same moment as Unix time).
-    pub fn beat(&mut self, b: Beat, timeout: Duration, now: Instant, unix: u64) {
+    /// Records a beat at `now` (`unix`: the same moment as Unix time); `pid_start` is the
+    /// start time of the beat's pid, when it could be read.
+    pub fn beat(
+        &mut self,
+        b: Beat,
+        pid_start: Option<u64>,
+        timeout: Duration,
+        now: Instant,
+        unix: u64,
+    ) {
         let deadline = now + timeout;
         match self.entries.get_mut(&b.process_name) {
             Some(e) => {
                 e.pid = b.pid;
+                e.pid_start = pid_start;
                 if b.run_command.is_some() {
                     e.run_command = b.run_command;
                 }
@@ -132,6 +144,7 @@ impl Table {
                         version: b.version,
                         last_seen: unix,
                         restarts: 0,
+                        pid_start,
                         deadline,
                         lost: false,
                     },
@@ -151,11 +164,19 @@ impl Table {
 
     /// `name` was restarted at `now` as `new_pid` (`None`: could not be restarted). The new
     /// process gets a grace of `timeout` plus the usual `timeout` for its first beat.
-    pub fn restarted(&mut self, name: &str, new_pid: Option<i32>, timeout: Duration, now: Instant) {
+    pub fn restarted(
+        &mut self,
+        name: &str,
+        new_pid: Option<i32>,
+        pid_start: Option<u64>,
+        timeout: Duration,
+        now: Instant,
+    ) {
         if let Some(e) = self.entries.get_mut(name) {
             match new_pid {
                 Some(p) => {
                     e.pid = p;
+                    e.pid_start = pid_start;
                     e.restarts += 1;
                     e.deadline = now + timeout * 2;
                 }
@@ -245,10 +266,14 @@ fn recover(agent: &Agent, name: &str) {
         }
     } else {
         let me = std::process::id() as i32;
-        if old > 1 && old != me && crate::procs::alive(old) {
+        let same = matches!(crate::procs::read_stat(old),
+            Ok(s) if Some(s.starttime) == entry.pid_start && s.state != 'Z');
+        if old > 1 && old != me && same {
             if let Err(e) = crate::sys::kill(old, libc::SIGKILL) {
                 log::warn!("watchdog: KILL of {name} pid {old} failed: {e}");
             }
+        } else {
+            log::info!("watchdog: {name} pid {old} is gone (or its pid was reused): not killed");
         }
         match entry.run_command.as_deref() {
             Some(cmd) => match run_command(cmd) {
@@ -264,11 +289,12 @@ fn recover(agent: &Agent, name: &str) {
             }
         }
     };
+    let new_start = new_pid.and_then(|p| crate::procs::read_stat(p).ok().map(|s| s.starttime));
     agent
         .control
         .watchdog
         .lock()
-        .restarted(name, new_pid, timeout, Instant::now());
+        .restarted(name, new_pid, new_start, timeout, Instant::now());
     agent.outbox.status_event(
         "HEARTBEAT_LOST",
         json!({"process_name": name, "pid": old, "restarted_pid": new_pid}),
@@ -311,8 +337,10 @@ fn serve(agent: &Agent, sock: &UdpSocket) {
                 Ok(b) => {
                     log::debug!("watchdog: beat from {} pid {}", b.process_name, b.pid);
                     agent.control.watchdog.beats.fetch_add(1, Ordering::Relaxed);
+                    let start = crate::procs::read_stat(b.pid).ok().map(|s| s.starttime);
                     agent.control.watchdog.lock().beat(
                         b,
+                        start,
                         timeout_of(agent),
                         Instant::now(),
                         crate::events::now(),
@@ -376,7 +404,7 @@ mod tests {
             .port();
         let cfg = crate::config::Config {
             watchdog_port: port,
-            watchdog_timeout: 1,
+            watchdog_timeout: 2,
             state_dir: d.path().join("state"),
             ..Default::default()
         };
@@ -389,9 +417,9 @@ mod tests {
             "version":{"major":1,"minor":2,"patch":3}})
         .to_string();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        // Beats and garbage for 2 s (twice the timeout): nothing happens.
+        // Beats and garbage for 3 s (longer than the timeout): nothing happens.
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(2) {
+        while t0.elapsed() < Duration::from_secs(3) {
             tx.send_to(hb.as_bytes(), ("127.0.0.1", port)).unwrap();
             tx.send_to(b"{garbage", ("127.0.0.1", port)).unwrap();
             std::thread::sleep(Duration::from_millis(200));
@@ -478,9 +506,9 @@ mod tests {
         let t0 = Instant::now();
         let to = Duration::from_secs(10);
         let mut t = Table::default();
-        t.beat(beat("a", 100), to, t0, 1000);
+        t.beat(beat("a", 100), None, to, t0, 1000);
         assert!(t.expired(t0 + Duration::from_secs(9)).is_empty());
-        t.beat(beat("a", 100), to, t0 + Duration::from_secs(9), 1009);
+        t.beat(beat("a", 100), None, to, t0 + Duration::from_secs(9), 1009);
         assert!(t.expired(t0 + Duration::from_secs(18)).is_empty());
         assert_eq!(
             t.expired(t0 + Duration::from_secs(19)),
@@ -494,16 +522,22 @@ mod tests {
         let t0 = Instant::now();
         let to = Duration::from_secs(10);
         let mut t = Table::default();
-        t.beat(beat("a", 100), to, t0, 1000);
+        t.beat(beat("a", 100), None, to, t0, 1000);
         let lost = t0 + Duration::from_secs(10);
         assert_eq!(t.expired(lost).len(), 1);
-        t.restarted("a", Some(200), to, lost);
+        t.restarted("a", Some(200), None, to, lost);
         assert_eq!(t.entries["a"].restarts, 1);
         assert_eq!(t.entries["a"].pid, 200);
         assert!(t.expired(lost + Duration::from_secs(19)).is_empty());
         assert_eq!(t.expired(lost + Duration::from_secs(20)).len(), 1);
         // A beat of the new process puts it back on the normal schedule.
-        t.beat(beat("a", 200), to, lost + Duration::from_secs(5), 1015);
+        t.beat(
+            beat("a", 200),
+            None,
+            to,
+            lost + Duration::from_secs(5),
+            1015,
+        );
         assert!(t.expired(lost + Duration::from_secs(14)).is_empty());
         assert_eq!(t.expired(lost + Duration::from_secs(15)).len(), 1);
     }
@@ -513,10 +547,16 @@ mod tests {
         let t0 = Instant::now();
         let to = Duration::from_secs(1);
         let mut t = Table::default();
-        t.beat(beat("a", 100), to, t0, 1000);
-        t.restarted("a", None, to, t0 + to);
+        t.beat(beat("a", 100), None, to, t0, 1000);
+        t.restarted("a", None, None, to, t0 + to);
         assert!(t.expired(t0 + Duration::from_secs(100)).is_empty());
-        t.beat(beat("a", 101), to, t0 + Duration::from_secs(100), 1100);
+        t.beat(
+            beat("a", 101),
+            None,
+            to,
+            t0 + Duration::from_secs(100),
+            1100,
+        );
         assert_eq!(t.expired(t0 + Duration::from_secs(101)).len(), 1);
     }
 
@@ -527,7 +567,7 @@ mod tests {
         let mut t = Table::default();
         let mut b = beat("a", 100);
         b.version = Some("1.2.3".into());
-        t.beat(b, to, t0, 1);
+        t.beat(b, None, to, t0, 1);
         t.beat(
             Beat {
                 process_name: "a".into(),
@@ -535,11 +575,13 @@ mod tests {
                 run_command: None,
                 version: None,
             },
+            Some(7),
             to,
             t0,
             2,
         );
         assert_eq!(t.entries["a"].version.as_deref(), Some("1.2.3"));
+        assert_eq!(t.entries["a"].pid_start, Some(7));
         assert_eq!(t.entries["a"].run_command.as_deref(), Some("true"));
     }
 }

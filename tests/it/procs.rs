@@ -11,15 +11,41 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
-/// Kills the given pids (process groups when they lead one) when dropped, so that a failing
-/// test leaves nothing behind.
-struct Reap(Vec<u32>);
+/// Kills the processes it was given when dropped, so that a failing test leaves nothing
+/// behind. Each pid is remembered with its start time and only killed while that still
+/// matches: pids wrap quickly on a busy machine and a reused one belongs to someone else.
+struct Reap(Vec<(u32, u64)>);
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    t[t.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+impl Reap {
+    fn new() -> Reap {
+        Reap(Vec::new())
+    }
+
+    /// Remembers `pid` when its command line contains `needle` (proof that it is ours).
+    fn add(&mut self, pid: u32, needle: &str) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if let (true, Some(t)) = (cmdline.contains(needle), start_ticks(pid)) {
+            self.0.push((pid, t));
+        }
+    }
+}
 
 impl Drop for Reap {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = Command::new("kill").arg("-9").arg(format!("-{p}")).status();
-            unsafe_free_kill(*p, 9);
+        for (p, t) in &self.0 {
+            if start_ticks(*p) == Some(*t) {
+                unsafe_free_kill(*p, 9);
+            }
         }
     }
 }
@@ -82,7 +108,8 @@ fn process_start_list_pause_resume_info_stop_status() {
         json!({"path": "/bin/sleep", "args": ["60"]}),
     );
     let pid = ok(&r)["pid"].as_u64().unwrap() as u32;
-    let _reap = Reap(vec![pid]);
+    let mut reap = Reap::new();
+    reap.add(pid, "sleep");
     assert_eq!(proc_state(pid).map(|s| s == 'S' || s == 'R'), Some(true));
 
     let list = a.job("process.list", json!({}));
@@ -168,13 +195,19 @@ fn process_start_list_pause_resume_info_stop_status() {
 fn process_stop_kills_after_grace() {
     let b = Broker::start();
     let a = Agent::start(&b, |_| {});
+    let ready = a.dir.path().join("ready");
+    let script = format!(
+        "trap '' TERM; touch {}; while :; do sleep 0.1; done",
+        ready.display()
+    );
     let r = a.job(
         "process.start",
-        json!({"path": "/bin/sh", "args": ["-c", "trap '' TERM; while :; do sleep 0.1; done"]}),
+        json!({"path": "/bin/sh", "args": ["-c", script]}),
     );
     let pid = ok(&r)["pid"].as_u64().unwrap() as u32;
-    let _reap = Reap(vec![pid]);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut reap = Reap::new();
+    reap.add(pid, "trap");
+    wait_until("TERM trapped", T, || ready.exists());
     let t0 = Instant::now();
     let stop = a.job("process.stop", json!({"pid": pid, "grace": 1}));
     assert_eq!(ok(&stop), &json!({"exit_code": null, "signal": "SIGKILL"}));
@@ -186,10 +219,13 @@ fn process_stop_kills_after_grace() {
 fn process_errors_are_job_errors() {
     let b = Broker::start();
     let a = Agent::start(&b, |_| {});
-    // A pid that existed and is gone.
-    let mut c = Command::new("/bin/true").spawn().unwrap();
-    let gone = c.id();
-    c.wait().unwrap();
+    // A pid that cannot exist (above pid_max): never one that existed, which may be reused.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = pid_max + 1;
     assert_eq!(
         err(&a.job("process.status", json!({"pid": gone}))),
         format!("no such pid: {gone}")
@@ -344,7 +380,8 @@ fn service_killed_from_outside_is_restarted_and_counted() {
     assert_eq!(ev["meta"]["name"], "web");
     assert_eq!(ev["app"], "socketman");
     let pid1 = ev["meta"]["pid"].as_u64().unwrap() as u32;
-    let mut reap = Reap(vec![pid1]);
+    let mut reap = Reap::new();
+    reap.add(pid1, "sleep");
     assert_eq!(proc_state(pid1).map(|s| s == 'S' || s == 'R'), Some(true));
 
     unsafe_free_kill(pid1, 9);
@@ -359,7 +396,7 @@ fn service_killed_from_outside_is_restarted_and_counted() {
     let st: Vec<&str> = evs.iter().map(|e| e["status"].as_str().unwrap()).collect();
     assert_eq!(st, vec!["running", "backoff", "running"]);
     let pid2 = evs[2]["pid"].as_u64().unwrap() as u32;
-    reap.0.push(pid2);
+    reap.add(pid2, "sleep");
     assert_ne!(pid1, pid2);
 
     let l = a.job("service.list", json!({}));
@@ -398,10 +435,10 @@ fn service_killed_from_outside_is_restarted_and_counted() {
     let s = a.job("service.start", json!({"name": "web"}));
     assert_eq!(ok(&s)["status"], "running");
     let pid3 = ok(&s)["pid"].as_u64().unwrap() as u32;
-    reap.0.push(pid3);
+    reap.add(pid3, "sleep");
     let s = a.job("service.restart", json!({"name": "web"}));
     let pid4 = ok(&s)["pid"].as_u64().unwrap() as u32;
-    reap.0.push(pid4);
+    reap.add(pid4, "sleep");
     assert_ne!(pid3, pid4);
     assert_eq!(ok(&s)["restarts"], 2);
     assert_eq!(
@@ -477,8 +514,9 @@ for i in 1 2 3; do
   printf '{{"command":"heart_beat","process_name":"{name}","pid_of_process":%d,"run_command":"exec /bin/bash {path}","version":{{"major":1,"minor":2,"patch":3}}}}' $$ > /dev/udp/127.0.0.1/{port}
   sleep 0.3
 done
-exec sleep 120
+exec -a {dir}/{name}-silent sleep 120
 "#,
+            dir = dir.display(),
             starts = starts.display(),
             path = path.display(),
         ),
@@ -503,10 +541,12 @@ fn silent_heartbeat_process_is_killed_and_restarted() {
         c["watchdog_timeout"] = json!(1);
     });
     let dir = a.dir.path().to_path_buf();
+    let needle = dir.display().to_string();
     let script = heartbeat_script(&dir, port, "meter");
     let mut child = Command::new("/bin/bash").arg(&script).spawn().unwrap();
     let first = child.id();
-    let mut reap = Reap(vec![first]);
+    let mut reap = Reap::new();
+    reap.add(first, &needle);
     // Garbage between the beats: counted, dropped, nothing else happens.
     let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for g in [
@@ -524,7 +564,7 @@ fn silent_heartbeat_process_is_killed_and_restarted() {
     let new_pid = lost["meta"]["restarted_pid"]
         .as_u64()
         .expect("restarted_pid") as u32;
-    reap.0.push(new_pid);
+    reap.add(new_pid, &needle);
     assert_ne!(new_pid, first);
     // The silent one was killed with KILL.
     let st = child.wait().unwrap();
@@ -554,7 +594,7 @@ fn silent_heartbeat_process_is_killed_and_restarted() {
 
     let _ = a.term();
     for p in starts(&dir, "meter") {
-        reap.0.push(p);
+        reap.add(p, &needle);
     }
 }
 
@@ -563,6 +603,7 @@ fn silent_heartbeat_service_is_restarted_by_the_supervisor() {
     let b = Broker::start();
     let port = free_udp_port();
     let dir = tempfile::tempdir().unwrap();
+    let needle = dir.path().display().to_string();
     let script = heartbeat_script(dir.path(), port, "hbsvc");
     let mut a = Agent::start(&b, |c| {
         c["watchdog_port"] = json!(port);
@@ -575,12 +616,13 @@ fn silent_heartbeat_service_is_restarted_by_the_supervisor() {
         T,
     );
     let pid1 = ev["meta"]["pid"].as_u64().unwrap() as u32;
-    let mut reap = Reap(vec![pid1]);
+    let mut reap = Reap::new();
+    reap.add(pid1, &needle);
     let lost = a.wait_msg(Topic::Status, |v| v["event_type"] == "HEARTBEAT_LOST", T);
     assert_eq!(lost["meta"]["process_name"], "hbsvc");
     assert_eq!(lost["meta"]["pid"], pid1);
     let pid2 = lost["meta"]["restarted_pid"].as_u64().unwrap() as u32;
-    reap.0.push(pid2);
+    reap.add(pid2, &needle);
     // The supervisor did it: a SERVICE event with the new pid, and the restart counted.
     a.wait_msg(
         Topic::Status,
@@ -594,7 +636,7 @@ fn silent_heartbeat_service_is_restarted_by_the_supervisor() {
     assert!(s["last_heartbeat"].as_u64().is_some());
     let _ = a.term();
     for p in starts(dir.path(), "hbsvc") {
-        reap.0.push(p);
+        reap.add(p, &needle);
     }
 }
 
