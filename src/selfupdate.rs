@@ -16,8 +16,10 @@
 //! written by a new process that gave up; the restored old binary reports that text.
 //! This works even when old and new report the same version string.
 //!
-//! Not covered: shell jobs running in other workers at the moment of the re-exec keep
-//! running but their results are lost (their processes are not waited for any more).
+//! Not covered: other jobs running at the moment of the re-exec are cut short (the new
+//! process answers them `interrupted` from the seen-id store), and processes started by
+//! `process.start` keep running untracked. If the `exec` itself fails, the old binary is put
+//! back and the job fails, but the services stay stopped (the supervisor was shut down).
 #![forbid(unsafe_code)]
 
 use crate::agent::Agent;
