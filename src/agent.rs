@@ -284,7 +284,9 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
 
     let jobs = crate::jobs::Jobs::start(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
-    jobs.answer_unfinished(&agent, None);
+    // A pending self-update's job is answered by selfupdate::on_start, not as interrupted.
+    let pending_update = crate::selfupdate::pending_job_id(&agent.cfg().state_dir);
+    jobs.answer_unfinished(&agent, pending_update.as_deref());
     let (link_thread, out_thread) = link
         .spawn(&agent, jobs.clone())
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
@@ -294,6 +296,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     crate::watchdog::spawn(&agent);
     crate::monitor::spawn(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
+    crate::selfupdate::on_start(&agent, &jobs);
 
     let mut why = "signal";
     for sig in signals.forever() {

@@ -19,9 +19,11 @@ pub mod mqtt;
 pub mod procs;
 pub mod provision;
 pub mod recovery;
+pub mod selfupdate;
 pub mod state;
 pub mod supervisor;
 pub mod sys;
+pub mod update;
 pub mod watchdog;
 
 /// `socketman <semver> (<git sha or "unknown">)`, as `--version` prints it.

@@ -9,3 +9,4 @@ mod support;
 mod core;
 mod monitor;
 mod procs;
+mod update;
