@@ -107,6 +107,23 @@ kernel_headers_dir() {
     echo "$dir"
 }
 
+# perl for openssl-src's `./Configure` that adds `no-asm` (openssl-src has no switch for it).
+# OpenSSL's MIPS assembly (perlasm o32: AES, SHA, Poly1305, bignum) is miscompiled by
+# clang's integrated assembler, i.e. by zig cc: TLS then fails with "bad record mac" or the
+# process crashes in the handshake. The portable C code is correct.
+no_asm_perl() {
+    local p="$ROOT/target/openssl-no-asm-perl"
+    mkdir -p "$ROOT/target"
+    cat >"$p" <<'PERL'
+#!/bin/sh
+# Written by scripts/build-static.sh: ./Configure with no-asm, anything else unchanged.
+if [ "$1" = ./Configure ]; then exec perl "$@" no-asm; fi
+exec perl "$@"
+PERL
+    chmod +x "$p"
+    echo "$p"
+}
+
 check_static() { # check_static BINARY
     local bin=$1
     if readelf -lW "$bin" | grep -q 'Requesting program interpreter'; then
@@ -150,8 +167,13 @@ for triple in "${TARGETS[@]}"; do
             ensure_target nightly tier3
             # OpenSSL 3 uses __atomic_is_lock_free, which zig's compiler-rt lacks on 32-bit MIPS:
             # take OpenSSL's lock-based fallback. Non-PIE: static-pie crashes at start-up there.
-            env_vars+=("CFLAGS_$tv=-DBROKEN_CLANG_ATOMICS"
-                       "CARGO_TARGET_${tv^^}_RUSTFLAGS=-C relocation-model=static -C target-feature=+crt-static")
+            # link-self-contained=no: a tier-3 target ships no crt1.o/libc.a of Rust's own;
+            # zig links its musl crt objects and libunwind instead.
+            # OpenSSL without assembly (see no_asm_perl); -DOPENSSL_NO_ASM also makes cargo
+            # rebuild OpenSSL when it was built with assembly before.
+            env_vars+=("OPENSSL_SRC_PERL=$(no_asm_perl)"
+                       "CFLAGS_$tv=-DBROKEN_CLANG_ATOMICS -DOPENSSL_NO_ASM"
+                       "CARGO_TARGET_${tv^^}_RUSTFLAGS=-C relocation-model=static -C target-feature=+crt-static -C link-self-contained=no")
             cmd=(cargo +nightly zigbuild -Z build-std=std,panic_abort)
             ;;
         *) die "unsupported target $triple" ;;

@@ -27,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -235,7 +235,8 @@ impl Drop for TempFile {
 
 /// A unique temporary name `dir/.<prefix>-<pid>-<n>`.
 pub fn temp_name(dir: &Path, prefix: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
+    // AtomicUsize: 32-bit MIPS (OpenWrt routers) has no AtomicU64.
+    static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(".{prefix}-{}-{n}", std::process::id()))
 }

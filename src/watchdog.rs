@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -190,10 +190,11 @@ impl Table {
 #[derive(Default)]
 pub struct Shared {
     table: Mutex<Table>,
-    /// Malformed datagrams dropped so far.
-    pub malformed: AtomicU64,
+    /// Malformed datagrams dropped so far. (Counters are `AtomicUsize`: 32-bit MIPS, the
+    /// usual OpenWrt CPU, has no `AtomicU64`.)
+    pub malformed: AtomicUsize,
     /// Datagrams accepted so far.
-    pub beats: AtomicU64,
+    pub beats: AtomicUsize,
 }
 
 impl Shared {
