@@ -107,18 +107,26 @@ kernel_headers_dir() {
     echo "$dir"
 }
 
-# perl for openssl-src's `./Configure` that adds `no-asm` (openssl-src has no switch for it).
-# OpenSSL's MIPS assembly (perlasm o32: AES, SHA, Poly1305, bignum) is miscompiled by
-# clang's integrated assembler, i.e. by zig cc: TLS then fails with "bad record mac" or the
-# process crashes in the handshake. The portable C code is correct.
-no_asm_perl() {
-    local p="$ROOT/target/openssl-no-asm-perl"
+# Algorithms and protocols socketman never uses, left out of OpenSSL to save flash
+# (the binary is for routers with 8-16 MiB of flash). Kept: TLS 1.2/1.3, AES-GCM,
+# ChaCha20-Poly1305, RSA, EC (P-256/384, X25519, Ed25519), DH, DSA, DES (PKCS#12), OCSP.
+# Every name here is also a cfg the openssl crate knows or a part it does not bind.
+OPENSSL_TRIM="no-aria no-argon2 no-bf no-cast no-cmp no-cms no-dtls no-md4 no-mdc2 no-ml-dsa
+ no-ml-kem no-ocb no-rc2 no-rc4 no-rmd160 no-scrypt no-siphash no-siv no-slh-dsa no-sm2 no-sm3
+ no-sm4 no-srp no-srtp no-ts no-whirlpool"
+OPENSSL_TRIM=$(echo $OPENSSL_TRIM)
+
+# openssl_perl NAME ARG...: a perl for openssl-src's `./Configure` (OPENSSL_SRC_PERL) that
+# appends ARGs, since openssl-src has no switch for Configure options. Prints its path.
+openssl_perl() {
+    local name=$1; shift
+    local p="$ROOT/target/openssl-configure-$name"
     mkdir -p "$ROOT/target"
-    cat >"$p" <<'PERL'
+    cat >"$p" <<PERL
 #!/bin/sh
-# Written by scripts/build-static.sh: ./Configure with no-asm, anything else unchanged.
-if [ "$1" = ./Configure ]; then exec perl "$@" no-asm; fi
-exec perl "$@"
+# Written by scripts/build-static.sh: ./Configure with extra options, anything else unchanged.
+if [ "\$1" = ./Configure ]; then exec perl "\$@" $*; fi
+exec perl "\$@"
 PERL
     chmod +x "$p"
     echo "$p"
@@ -145,6 +153,10 @@ command -v rustup >/dev/null 2>&1 || die "rustup is required (https://rustup.rs)
 bin_args=()
 for b in $BINS; do bin_args+=(--bin "$b"); done
 
+# In CFLAGS so that cargo rebuilds OpenSSL (its build script watches CFLAGS_<target>)
+# whenever the Configure options change.
+trim_key="-DSOCKETMAN_OPENSSL_TRIM=$(echo "$OPENSSL_TRIM" | cksum | cut -d' ' -f1)"
+
 for triple in "${TARGETS[@]}"; do
     start=$(date +%s)
     env_vars=(OPENSSL_STATIC=1)
@@ -154,12 +166,14 @@ for triple in "${TARGETS[@]}"; do
             apt_install musl-gcc musl-tools
             ensure_target stable "$triple"
             kdir=$(kernel_headers_dir x86_64)
-            env_vars+=("CC_$tv=musl-gcc" "CFLAGS_$tv=-idirafter $kdir")
+            env_vars+=("CC_$tv=musl-gcc" "CFLAGS_$tv=-idirafter $kdir $trim_key"
+                       "OPENSSL_SRC_PERL=$(openssl_perl trim $OPENSSL_TRIM)")
             cmd=(cargo build)
             ;;
         aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf)
             ensure_zig
             ensure_target stable "$triple"
+            env_vars+=("CFLAGS_$tv=$trim_key" "OPENSSL_SRC_PERL=$(openssl_perl trim $OPENSSL_TRIM)")
             cmd=(cargo zigbuild)
             ;;
         mipsel-unknown-linux-musl|mips-unknown-linux-musl)
@@ -169,10 +183,12 @@ for triple in "${TARGETS[@]}"; do
             # take OpenSSL's lock-based fallback. Non-PIE: static-pie crashes at start-up there.
             # link-self-contained=no: a tier-3 target ships no crt1.o/libc.a of Rust's own;
             # zig links its musl crt objects and libunwind instead.
-            # OpenSSL without assembly (see no_asm_perl); -DOPENSSL_NO_ASM also makes cargo
-            # rebuild OpenSSL when it was built with assembly before.
-            env_vars+=("OPENSSL_SRC_PERL=$(no_asm_perl)"
-                       "CFLAGS_$tv=-DBROKEN_CLANG_ATOMICS -DOPENSSL_NO_ASM"
+            # OpenSSL without assembly: its MIPS assembly (perlasm o32: AES, SHA, Poly1305,
+            # bignum) is mis-assembled by clang's integrated assembler, i.e. by zig cc; TLS
+            # then fails with "bad record mac" or crashes in the handshake. The C code is right.
+            # -DOPENSSL_NO_ASM also makes cargo rebuild an OpenSSL built with assembly.
+            env_vars+=("OPENSSL_SRC_PERL=$(openssl_perl trim-noasm $OPENSSL_TRIM no-asm)"
+                       "CFLAGS_$tv=-DBROKEN_CLANG_ATOMICS -DOPENSSL_NO_ASM $trim_key"
                        "CARGO_TARGET_${tv^^}_RUSTFLAGS=-C relocation-model=static -C target-feature=+crt-static -C link-self-contained=no")
             cmd=(cargo +nightly zigbuild -Z build-std=std,panic_abort)
             ;;
