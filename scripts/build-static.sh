@@ -172,9 +172,18 @@ for triple in "${TARGETS[@]}"; do
             ;;
         aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf)
             ensure_zig
-            ensure_target stable "$triple"
             env_vars+=("CFLAGS_$tv=$trim_key" "OPENSSL_SRC_PERL=$(openssl_perl trim $OPENSSL_TRIM)")
-            cmd=(cargo zigbuild)
+            if ensure_target stable "$triple"; then
+                cmd=(cargo zigbuild)
+            else
+                # No prebuilt std for this target from the rustup mirror (seen for armv7
+                # here: 404): build std from source with nightly, as for tier 3, and let zig
+                # supply musl's start files.
+                log "no prebuilt std for $triple: nightly -Z build-std instead"
+                ensure_target nightly tier3
+                env_vars+=("CARGO_TARGET_${tv^^}_RUSTFLAGS=-C target-feature=+crt-static -C link-self-contained=no")
+                cmd=(cargo +nightly zigbuild -Z build-std=std,panic_abort)
+            fi
             ;;
         mipsel-unknown-linux-musl|mips-unknown-linux-musl)
             ensure_zig
