@@ -86,7 +86,11 @@ ensure_target() { # ensure_target TOOLCHAIN TRIPLE
     fi
     rustup +"$tc" target list --installed | grep -qx "$triple" && return 0
     [ "$INSTALL" = 1 ] || die "rust target $triple missing (rustup target add $triple)"
-    rustup +"$tc" target add "$triple" >&2
+    local out
+    if ! out=$(RUST_BACKTRACE=0 rustup +"$tc" target add "$triple" 2>&1); then
+        echo "$out" | grep -v '^ *[0-9]*:\|^ *at \|^Stack backtrace' | head -n 8 >&2
+        return 1
+    fi
 }
 
 # musl-gcc has no kernel headers; OpenSSL wants <linux/...>. Give it Debian's, and only those,
