@@ -36,7 +36,9 @@ impl Request {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -116,7 +118,11 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(stream: std::net::TcpStream, requests: Arc<Mutex<Vec<Request>>>, handler: Arc<Mutex<Handler>>) {
+fn serve(
+    stream: std::net::TcpStream,
+    requests: Arc<Mutex<Vec<Request>>>,
+    handler: Arc<Mutex<Handler>>,
+) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(match stream.try_clone() {
@@ -147,12 +153,18 @@ fn serve(stream: std::net::TcpStream, requests: Arc<Mutex<Vec<Request>>>, handle
             }
         }
         let mut body = Vec::new();
-        if let Some(len) = headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        if let Some(len) = headers
+            .get("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+        {
             body.resize(len, 0);
             if reader.read_exact(&mut body).is_err() {
                 return;
             }
-        } else if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        } else if headers
+            .get("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked"))
+        {
             loop {
                 let mut size = String::new();
                 if reader.read_line(&mut size).unwrap_or(0) == 0 {

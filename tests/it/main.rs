@@ -3,7 +3,7 @@
 //! Each area has its own module; `support` starts the broker and agents, `http` is a small
 //! real HTTP/1.1 server.
 
-mod support;
 mod http;
+mod support;
 
 mod core;

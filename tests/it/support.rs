@@ -30,7 +30,11 @@ pub fn free_port() -> u16 {
 }
 
 pub fn mosquitto_path() -> PathBuf {
-    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
         if Path::new(p).exists() {
             return PathBuf::from(p);
         }
@@ -59,15 +63,72 @@ pub struct TestCa {
 /// Makes a CA and a server certificate signed by it in `dir` (openssl command).
 pub fn make_ca(dir: &Path, name: &str) -> TestCa {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let ca = format!("{name}-ca.crt");
     let ca_key = format!("{name}-ca.key");
-    run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", &format!("/CN={name} test CA")]);
-    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
-    run(&["x509", "-req", "-in", "server.csr", "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
     TestCa {
         ca: dir.join(ca),
         cert: dir.join("server.crt"),
@@ -103,7 +164,12 @@ impl Broker {
         if tls {
             let t = make_ca(dir.path(), "good");
             let p = free_port();
-            conf.push_str(&format!("listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n", t.ca.display(), t.cert.display(), t.key.display()));
+            conf.push_str(&format!(
+                "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display()
+            ));
             tls_port = Some(p);
             ca = Some(t.ca);
         }
@@ -128,9 +194,16 @@ impl Broker {
             .spawn()
             .expect("start mosquitto");
         self.child = Some(child);
-        assert!(wait_port(self.port, Duration::from_secs(10)), "mosquitto did not listen on {}", self.port);
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "mosquitto did not listen on {}",
+            self.port
+        );
         if let Some(p) = self.tls_port {
-            assert!(wait_port(p, Duration::from_secs(10)), "mosquitto TLS did not listen on {p}");
+            assert!(
+                wait_port(p, Duration::from_secs(10)),
+                "mosquitto TLS did not listen on {p}"
+            );
         }
     }
 
@@ -194,7 +267,9 @@ impl Client {
         )
         .expect("client");
         let rx = cli.start_consuming();
-        let opts = mqtt::ConnectOptionsBuilder::new_v3().clean_session(true).finalize();
+        let opts = mqtt::ConnectOptionsBuilder::new_v3()
+            .clean_session(true)
+            .finalize();
         cli.connect(opts).expect("test client connect");
         let tail = format!("{topic}/{key}/{mac}");
         for t in ["delivery", "pub", "status"] {
@@ -278,7 +353,12 @@ impl Agent {
         let n = unique();
         let topic = format!("top{n}");
         let key = format!("key{n}");
-        let mac = format!("02-00-00-{:02X}-{:02X}-{:02X}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+        let mac = format!(
+            "02-00-00-{:02X}-{:02X}-{:02X}",
+            (n >> 16) & 0xff,
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
         let mut cfg = base_config(dir.path(), broker.port, &topic, &key, &mac);
         edit(&mut cfg);
         let config_path = dir.path().join("config.json");
@@ -314,7 +394,11 @@ impl Agent {
 
     /// Starts the process (appending to the log).
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let mut cmd = Command::new(&self.bin);
         cmd.arg(format!("--config={}", self.config_path.display()))
             .args(&self.extra_args)
@@ -334,7 +418,9 @@ impl Agent {
     pub fn wait_online(&self, n: usize) {
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
-            let count = self.count(Topic::Status, |v| v["event_type"] == "CONNECT" && v["meta"]["online"] == "1");
+            let count = self.count(Topic::Status, |v| {
+                v["event_type"] == "CONNECT" && v["meta"]["online"] == "1"
+            });
             if count >= n {
                 return;
             }
@@ -357,7 +443,12 @@ impl Agent {
 
     /// Messages on `topic` matching `pred`.
     pub fn find(&self, topic: Topic, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.client.all().into_iter().filter(|m| m.topic == topic && pred(&m.json)).map(|m| m.json).collect()
+        self.client
+            .all()
+            .into_iter()
+            .filter(|m| m.topic == topic && pred(&m.json))
+            .map(|m| m.json)
+            .collect()
     }
 
     pub fn count(&self, topic: Topic, pred: impl Fn(&Value) -> bool) -> usize {
@@ -365,14 +456,22 @@ impl Agent {
     }
 
     /// The first message on `topic` matching `pred`, waiting up to `timeout`.
-    pub fn wait_msg(&self, topic: Topic, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+    pub fn wait_msg(
+        &self,
+        topic: Topic,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
         let end = Instant::now() + timeout;
         loop {
             if let Some(v) = self.find(topic, &pred).into_iter().next() {
                 return v;
             }
             if Instant::now() > end {
-                panic!("no matching message on {topic:?} within {timeout:?}\n--- agent log ---\n{}", self.log());
+                panic!(
+                    "no matching message on {topic:?} within {timeout:?}\n--- agent log ---\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -435,26 +534,41 @@ impl Agent {
 
 /// kill(1) by command, to keep `unsafe` out of the tests.
 pub fn unsafe_free_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let mut e = std::io::stderr();
-            let _ = writeln!(e, "--- socketman log ({}) ---\n{}", self.config_path.display(), self.log());
+            let _ = writeln!(
+                e,
+                "--- socketman log ({}) ---\n{}",
+                self.config_path.display(),
+                self.log()
+            );
         }
         self.kill9();
     }
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Runs `socketman` with `args` to completion: (exit code, stdout, stderr).
 pub fn run_bin(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_socketman")).args(args).env("DEBUG", "1").output().expect("run socketman");
+    let out = Command::new(env!("CARGO_BIN_EXE_socketman"))
+        .args(args)
+        .env("DEBUG", "1")
+        .output()
+        .expect("run socketman");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
