@@ -7,3 +7,4 @@ mod http;
 mod support;
 
 mod core;
+mod smctl;
