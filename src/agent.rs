@@ -278,7 +278,9 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         "{why}: stopping (jobs get {} s)",
         crate::jobs::STOP_GRACE.as_secs()
     );
+    let phase = |what: &str| log::debug!("stop: {what} after {} ms", begin.elapsed().as_millis());
     jobs.stop(deadline - Duration::from_secs(3));
+    phase("jobs stopped");
     // --- subsystems stop ---
     while !agent.outbox.is_empty()
         && agent.is_connected()
@@ -288,11 +290,13 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     }
     std::thread::sleep(Duration::from_millis(50));
     agent.request_stop();
+    agent.outbox.close();
     for h in [link_thread, out_thread] {
         while !h.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    phase("threads joined");
     log::info!("stopped in {:.1} s", begin.elapsed().as_secs_f32());
     Ok(())
 }

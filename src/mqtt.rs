@@ -267,7 +267,7 @@ impl Link {
                 if agent.stopping() {
                     break 'outer;
                 }
-                match rx.recv_timeout(Duration::from_millis(250)) {
+                match rx.recv_timeout(Duration::from_millis(500)) {
                     Ok(Some(msg)) => {
                         if msg.topic() == self.topics.sub {
                             jobs.on_message(agent, msg.payload());
@@ -317,7 +317,7 @@ impl Link {
             if agent.stopping() {
                 return;
             }
-            let Some(msg) = agent.outbox.pop(Duration::from_millis(200)) else {
+            let Some(msg) = agent.outbox.pop(Duration::from_secs(1)) else {
                 continue;
             };
             if !agent.is_connected() {
@@ -363,10 +363,15 @@ impl Link {
             if let Err(e) = self.client.publish(off).wait_for(Duration::from_secs(3)) {
                 log::warn!("offline CONNECT not published: {e}");
             }
+            let opts = mqtt::DisconnectOptionsBuilder::new()
+                .timeout(Duration::from_millis(500))
+                .finalize();
+            let t = Instant::now();
             let _ = self
                 .client
-                .disconnect(None)
+                .disconnect(opts)
                 .wait_for(Duration::from_secs(3));
+            log::debug!("MQTT disconnected in {} ms", t.elapsed().as_millis());
         }
     }
 }

@@ -150,7 +150,7 @@ impl Jobs {
 
     fn worker(&self, agent: &Arc<Agent>) {
         loop {
-            let next = lock(&self.rx).recv_timeout(Duration::from_millis(200));
+            let next = lock(&self.rx).recv_timeout(Duration::from_secs(5));
             let job = match next {
                 Ok(j) => j,
                 Err(mpsc::RecvTimeoutError::Timeout) => {

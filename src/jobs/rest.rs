@@ -166,7 +166,7 @@ pub fn spawn(
                         continue;
                     }
                 }
-                match wake.recv_timeout(Duration::from_millis(500)) {
+                match wake.recv_timeout(Duration::from_secs(2)) {
                     Ok(()) => pending = true,
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
