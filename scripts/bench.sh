@@ -50,7 +50,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  rm -rf "$WORK" "${SHM:-/nonexistent}"
 }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -148,21 +148,33 @@ drive 02-EC-00-00-00-01 "$SEQ_N" 1 >"$R/echo_seq.json"
 drive 02-EC-00-00-00-01 "$TPUT_N" "$WINDOW" >"$R/echo_tput.json"
 kill_wait "$EPID"
 
-for W in 1 4; do
-  echo "== socketman, job_workers $W"
-  D=$WORK/agent-w$W; MAC=02-BE-00-00-00-0$W
+# Variants: 1 and 4 workers as configured (state_dir on disk, as /etc/socketman/state is on
+# flash), and 4 workers with state_dir on tmpfs (/dev/shm) to show what the seen-id store's
+# fsyncs cost.
+for V in w1 w4 w4shm; do
+  W=${V:1:1}
+  echo "== socketman, job_workers $W${V:2:3}"
+  D=$WORK/agent-$V; MAC=02-BE-00-00-00-${#V}$W
   agent_config "$D" "$MAC" "$W" 3600
+  if [ "$V" = w4shm ]; then
+    SHM=$(mktemp -d /dev/shm/smbench.XXXXXX)
+    sed -i "s#\"state_dir\":\"[^\"]*\"#\"state_dir\":\"$SHM\"#" "$D/config.json"
+  fi
   start_agent "$D"; P=$APID
   wait_online "$MAC"
-  drive "$MAC" "$SEQ_N" 1 >"$R/w${W}_seq.json"
-  drive "$MAC" "$TPUT_N" "$WINDOW" >"$R/w${W}_tput.json"
-  if [ "$W" = 4 ]; then
+  drive "$MAC" "$SEQ_N" 1 >"$R/${V}_seq.json"
+  c0=$(ticks "$P")
+  drive "$MAC" "$TPUT_N" "$WINDOW" >"$R/${V}_tput.json"
+  c1=$(ticks "$P")
+  echo "{\"agent_ticks\": $((c1 - c0)), \"clk_tck\": $TCK, \"rss_kb\": $(rss_kb "$P")}" >"$R/${V}_cpu.json"
+  if [ "$V" = w4 ]; then
     echo "   $LOAD_N more jobs for the RSS after load"
     echo "{\"rss_kb_before\": $(rss_kb "$P")}" >"$R/load_before.json"
     drive "$MAC" "$LOAD_N" "$WINDOW" >"$R/load.json"
     echo "{\"rss_kb_after\": $(rss_kb "$P"), \"jobs\": $LOAD_N}" >"$R/load_after.json"
   fi
   kill_wait "$P"
+  if [ "$V" = w4shm ]; then rm -rf "$SHM"; fi
 done
 
 echo "== idle for $IDLE_S s (connected, collection on: monitor 15)"
@@ -211,6 +223,7 @@ for N in $FLEET_SIZES; do
   kill_wait "${APIDS[@]}" "$BPID"
 done
 
+rm -rf "$ROOT/target/bench-raw"; cp -r "$R" "$ROOT/target/bench-raw"   # raw results, kept
 python3 - "$R" "$OUT" "$(( $(date +%s) - T0 ))" "$QUICK" <<'PY'
 import json, os, sys, glob, platform, subprocess
 R, out, took, quick = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
@@ -219,23 +232,27 @@ res = {"quick": quick, "seconds": took}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
 res["machine"] = {"nproc": os.cpu_count(), "cpu": cpu, "mem_kb": mem, "kernel": platform.release()}
-for k in ["echo_seq", "echo_tput", "w1_seq", "w1_tput", "w4_seq", "w4_tput", "load", "idle", "size"]:
+for k in ["echo_seq", "echo_tput", "w1_seq", "w1_tput", "w4_seq", "w4_tput", "w4shm_seq", "w4shm_tput", "w1_cpu", "w4_cpu", "w4shm_cpu", "load", "idle", "size"]:
     res[k] = j(k + ".json")
 res["load"].update(j("load_before.json")); res["load"].update(j("load_after.json"))
 res["fleet"] = sorted((j(os.path.basename(f)) | {"smctl": {k: v for k, v in j(os.path.basename(f)[:-5] + "_smctl.json").items() if k != "devices"}}
                        for f in glob.glob(os.path.join(R, "fleet*.json")) if "_smctl" not in f), key=lambda x: x["n"])
 e = res["echo_seq"]; et = res["echo_tput"]
-rows = [("floor (mqtt-echo)", e, et)] + [(f"socketman, {w} worker{'s' if w > 1 else ''}", res[f"w{w}_seq"], res[f"w{w}_tput"]) for w in (1, 4)]
+rows = [("floor (mqtt-echo)", "echo", e, et), ("socketman, 1 worker", "w1", res["w1_seq"], res["w1_tput"]),
+        ("socketman, 4 workers", "w4", res["w4_seq"], res["w4_tput"]),
+        ("4 workers, state tmpfs", "w4shm", res["w4shm_seq"], res["w4shm_tput"])]
 print()
 print(f"Job round trip ({e['n']} sequential jobs) and throughput ({et['n']} jobs, {et['window']} in flight)")
-print(f"{'':22} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>8} {'jobs/s':>8} {'x floor':>8}")
-for name, s, t in rows:
-    print(f"{name:22} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['p50_ms']/max(e['p50_ms'],1e-9):8.1f} {t['jobs_per_s']:8.0f} {t['jobs_per_s']/max(et['jobs_per_s'],1e-9):8.2f}")
+print(f"{'':22} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>8} {'jobs/s':>8} {'x floor':>8} {'agent cpu ms/job':>17}")
+for name, key, s, t in rows:
+    c = res.get(key + "_cpu")
+    cpu = f"{c['agent_ticks'] / c['clk_tck'] * 1000 / t['done']:17.2f}" if c and t["done"] else f"{'-':>17}"
+    print(f"{name:22} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['p50_ms']/max(e['p50_ms'],1e-9):8.1f} {t['jobs_per_s']:8.0f} {t['jobs_per_s']/max(et['jobs_per_s'],1e-9):8.2f} {cpu}")
     if s["failed"] or t["failed"] or s["rejected"] or t["rejected"]:
         print(f"   !! failed/rejected: {s['failed']}/{s['rejected']} sequential, {t['failed']}/{t['rejected']} pipelined")
-res["ratios"] = {f"w{w}": {"p50_x_floor": res[f"w{w}_seq"]["p50_ms"] / max(e["p50_ms"], 1e-9),
-                           "p99_x_floor": res[f"w{w}_seq"]["p99_ms"] / max(e["p99_ms"], 1e-9),
-                           "jobs_per_s_of_floor": res[f"w{w}_tput"]["jobs_per_s"] / max(et["jobs_per_s"], 1e-9)} for w in (1, 4)}
+res["ratios"] = {v: {"p50_x_floor": res[f"{v}_seq"]["p50_ms"] / max(e["p50_ms"], 1e-9),
+                     "p99_x_floor": res[f"{v}_seq"]["p99_ms"] / max(e["p99_ms"], 1e-9),
+                     "jobs_per_s_of_floor": res[f"{v}_tput"]["jobs_per_s"] / max(et["jobs_per_s"], 1e-9)} for v in ("w1", "w4", "w4shm")}
 l, i, z = res["load"], res["idle"], res["size"]
 print()
 print(f"RSS: {l['rss_kb_before']/1024:.1f} MiB connected, {l['rss_kb_after']/1024:.1f} MiB after {l['jobs']} more jobs ({l['jobs_per_s']:.0f} jobs/s, 4 workers)")
