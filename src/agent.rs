@@ -42,6 +42,10 @@ pub struct Agent {
     pub mqtt_connected: AtomicBool,
     /// Last connectivity check.
     pub net: Mutex<NetStatus>,
+    /// Process control (issue 5): processes started by jobs, supervised services, heartbeats.
+    pub control: crate::procs::Control,
+    /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
+    pub monitor: crate::monitor::Shared,
 }
 
 impl Agent {
@@ -62,6 +66,8 @@ impl Agent {
             outbox,
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
+            control: crate::procs::Control::default(),
+            monitor: crate::monitor::Shared::default(),
         })
     }
 
@@ -137,23 +143,42 @@ pub fn on_connected(agent: &Arc<Agent>) {
     let _ = agent;
 }
 
-/// Loads the config for start-up: the file, or provisioning with `-b`.
-fn initial_config(path: &std::path::Path, init_url: Option<&str>) -> Result<Config, Fatal> {
+/// Loads the config for start-up: the file, or provisioning with `-b` (SPEC §7.1).
+/// `Ok(None)` when a stop was requested while provisioning.
+fn initial_config(
+    path: &std::path::Path,
+    init_url: Option<&str>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Config>, Fatal> {
     match crate::config::load(path) {
         Ok((cfg, notes)) => {
             crate::logging::set_level(cfg.debug);
             for n in notes {
                 log::warn!("{n}");
             }
-            Ok(cfg)
+            Ok(Some(cfg))
         }
         Err(e) => match init_url {
             None => Err(Fatal::Config(format!(
                 "{e} (and no -b INIT_URL was given to fetch one)"
             ))),
-            Some(_url) => Err(Fatal::Config(format!(
-                "{e}; provisioning with -b is not built yet"
-            ))),
+            Some(url) => {
+                log::warn!("{e}; provisioning from -b");
+                let root = std::path::Path::new("/");
+                let d = Config::default();
+                let mac = crate::identity::discover_mac(None, &d.mac_file, root)
+                    .unwrap_or_else(|| "unknown".into());
+                let machine = crate::identity::machine_type(root);
+                let firmware = crate::identity::firmware(root);
+                match crate::provision::provision(url, path, &mac, &machine, &firmware, stop) {
+                    Ok(cfg) => {
+                        crate::logging::set_level(cfg.debug);
+                        Ok(Some(cfg))
+                    }
+                    Err(crate::provision::ProvisionError::Stopped) => Ok(None),
+                    Err(e) => Err(Fatal::Other(e.to_string())),
+                }
+            }
         },
     }
 }
@@ -216,9 +241,20 @@ use crate::cli::Fatal;
 pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Signals first, so that a TERM during start-up is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
-    let cfg = initial_config(&config_path, init_url.as_deref())?;
+    let signals = std::cell::RefCell::new(signals);
+    let stop_asked = || {
+        signals
+            .borrow_mut()
+            .pending()
+            .any(|s| s == SIGTERM || s == SIGINT)
+    };
+    let Some(cfg) = initial_config(&config_path, init_url.as_deref(), &stop_asked)? else {
+        log::info!("stopped while provisioning");
+        return Ok(());
+    };
+    let mut signals = signals.into_inner();
     if cfg.insecure {
         log::warn!("insecure is on: HTTPS certificates are not verified");
     }
@@ -244,15 +280,23 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     );
     let link = crate::mqtt::Link::new(&cfg, &mac).map_err(Fatal::Other)?;
     let agent = Agent::new(cfg, config_path, init_url, mac);
+    crate::provision::boot(&agent);
 
     let jobs = crate::jobs::Jobs::start(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
-    jobs.answer_unfinished(&agent, None);
+    // A pending self-update's job is answered by selfupdate::on_start, not as interrupted.
+    let pending_update = crate::selfupdate::pending_job_id(&agent.cfg().state_dir);
+    jobs.answer_unfinished(&agent, pending_update.as_deref());
     let (link_thread, out_thread) = link
         .spawn(&agent, jobs.clone())
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
+    crate::supervisor::spawn(&agent);
+    crate::watchdog::spawn(&agent);
+    crate::monitor::spawn(&agent)
+        .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
+    crate::selfupdate::on_start(&agent, &jobs);
 
     let mut why = "signal";
     for sig in signals.forever() {
@@ -282,6 +326,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     jobs.stop(deadline - Duration::from_secs(3));
     phase("jobs stopped");
     // --- subsystems stop ---
+    crate::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
     while !agent.outbox.is_empty()
         && agent.is_connected()
         && Instant::now() < deadline - Duration::from_secs(2)

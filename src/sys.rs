@@ -103,6 +103,70 @@ pub fn force_reboot() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// IPv4 addresses of network interface `iface` (getifaddrs(3)), in the kernel's order.
+/// Used for `wan_ip` (SPEC §5, §6): the address of the default-route interface.
+pub fn ipv4_addrs_of(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a list it allocates into `head`.
+    let rc = unsafe { libc::getifaddrs(&mut head) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, which stays
+        // valid until freeifaddrs below; its fields are read, never written.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated C string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() != iface.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points at a sockaddr of at least the family field.
+        let family = unsafe { (*ifa.ifa_addr).sa_family };
+        if i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: for AF_INET the kernel stores a sockaddr_in at ifa_addr; read_unaligned
+        // does not assume the alignment of sockaddr_in.
+        let sin = unsafe { std::ptr::read_unaligned(ifa.ifa_addr as *const libc::sockaddr_in) };
+        out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Marks every open descriptor from 3 up close-on-exec (self-update re-exec, SPEC §9): the
+/// new image must not inherit sockets or files that libraries opened without `O_CLOEXEC`.
+/// Returns how many descriptors were looked at.
+pub fn cloexec_from_3() -> usize {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .filter(|fd| *fd >= 3)
+            .collect(),
+        Err(_) => (3..1024).collect(),
+    };
+    for fd in &fds {
+        // SAFETY: fcntl(2) F_GETFD/F_SETFD on an integer descriptor has no memory effects;
+        // a descriptor that is not open just gives EBADF.
+        unsafe {
+            let flags = libc::fcntl(*fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(*fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    fds.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +180,23 @@ mod tests {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         let (total, _, avail) = statvfs("/").unwrap();
         assert!(total > 0 && avail <= total);
+        assert_eq!(
+            ipv4_addrs_of("lo").unwrap().first(),
+            Some(&std::net::Ipv4Addr::LOCALHOST)
+        );
+        assert!(ipv4_addrs_of("no-such-if0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn cloexec_marks_inherited_descriptors() {
+        // SAFETY: dup/fcntl/close on descriptors this test owns.
+        unsafe {
+            let fd = libc::dup(2);
+            assert!(fd >= 3);
+            assert_eq!(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+            assert!(cloexec_from_3() >= 1);
+            assert_ne!(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+            libc::close(fd);
+        }
     }
 }

@@ -7,4 +7,7 @@ mod http;
 mod support;
 
 mod core;
+mod monitor;
+mod procs;
 mod smctl;
+mod update;
