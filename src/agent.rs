@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::events::Outbox;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// What the monitor last found (SPEC §6); `None` fields are not known yet.
@@ -42,6 +42,9 @@ pub struct Agent {
     pub mqtt_connected: AtomicBool,
     /// Last connectivity check.
     pub net: Mutex<NetStatus>,
+    /// Stats spool and upload trigger (issue 3; `crate::upload::handle` creates it on first
+    /// use): healthz reads the cache counters, USR1 calls `crate::upload::upload_now`.
+    pub stats: OnceLock<Arc<crate::upload::Stats>>,
 }
 
 impl Agent {
@@ -62,6 +65,7 @@ impl Agent {
             outbox,
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
+            stats: OnceLock::new(),
         })
     }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod events;
 pub mod http;
@@ -13,8 +14,10 @@ pub mod identity;
 pub mod jobs;
 pub mod logging;
 pub mod mqtt;
+pub mod spool;
 pub mod state;
 pub mod sys;
+pub mod upload;
 
 /// `socketman <semver> (<git sha or "unknown">)`, as `--version` prints it.
 pub fn version_line() -> String {

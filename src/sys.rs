@@ -103,6 +103,52 @@ pub fn force_reboot() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// The IPv4 addresses of every interface, from `getifaddrs(3)`: (interface name, address,
+/// prefix length). Used by the stats collector; IPv6 comes from `/proc/net/if_inet6`.
+pub fn ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr, u8)>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a list it allocates into `head`.
+    let rc = unsafe { libc::getifaddrs(&mut head) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, valid until
+        // freeifaddrs below; we only read it.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to at least a sockaddr header.
+        let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+        if family != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: family AF_INET means ifa_addr points to a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let addr = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        let prefix = if ifa.ifa_netmask.is_null() {
+            32
+        } else {
+            // SAFETY: the netmask of an AF_INET address is a sockaddr_in too.
+            let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+            u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+        };
+        // SAFETY: ifa_name is a non-null NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        out.push((name, addr, prefix));
+    }
+    // SAFETY: head came from a successful getifaddrs and is freed exactly once; no
+    // reference into the list outlives this call (names were copied).
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +162,9 @@ mod tests {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         let (total, _, avail) = statvfs("/").unwrap();
         assert!(total > 0 && avail <= total);
+        let v4 = ipv4_addresses().unwrap();
+        assert!(v4
+            .iter()
+            .any(|(n, a, p)| n == "lo" && a.is_loopback() && *p == 8));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// Every typed job this build runs (besides shell jobs). Anything else with a dot is
 /// REJECTED `unknown_type`.
-pub const TYPES: &[&str] = &["ping"];
+pub const TYPES: &[&str] = &["ping", "stats"];
 
 /// Types that are shell jobs with network safety (SPEC §4.4).
 pub const NETWORK_TYPES: &[&str] = &["network", "networking", "all"];
@@ -26,6 +26,7 @@ pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> 
         "ping" => {
             Ok(json!({"uptime": crate::identity::system_uptime(), "version": crate::VERSION}))
         }
+        "stats" => Ok(crate::collect::job_record(agent)),
         other => {
             let _ = agent;
             Err(format!("unknown_type: {other}"))
