@@ -460,11 +460,201 @@ pub fn spawn(agent: &Arc<Agent>) -> io::Result<()> {
     Ok(())
 }
 
+/// The integration tests' HTTP server, reused by the unit tests below.
+#[cfg(test)]
+#[path = "../tests/it/http_server.rs"]
+mod test_http_server;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use flate2::read::GzDecoder;
     use std::io::Read;
+
+    use super::test_http_server as http_server;
+    use http_server::{HttpServer, Reply};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn setup(urls: (&str, Option<&str>)) -> (tempfile::TempDir, Arc<Agent>, Arc<Stats>) {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            stats_url: Some(urls.0.to_string()),
+            backup_stats_url: urls.1.map(str::to_string),
+            token: Some("tok&en".into()),
+            cache_dir: d.path().join("cache"),
+            ..Config::default()
+        };
+        let agent = Agent::new(
+            cfg,
+            d.path().join("c.json"),
+            None,
+            "AA-BB-CC-00-11-22".into(),
+        );
+        let stats = handle(&agent);
+        (d, agent, stats)
+    }
+
+    fn add(agent: &Agent, stats: &Stats, from: u64, n: u64) {
+        for i in from..from + n {
+            let r = json!({"created_at": 1_700_000_000 + i, "seq": i, "device": {"pad": "y".repeat(1500)}});
+            store(agent, stats, &agent.cfg(), r, 0);
+        }
+    }
+
+    fn seqs(reqs: &[http_server::Request]) -> Vec<u64> {
+        reqs.iter()
+            .flat_map(http_server::records)
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    fn dead_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}/dead")
+    }
+
+    #[test]
+    fn batch_post_shape() {
+        let srv = HttpServer::start();
+        let (_d, agent, stats) = setup((&srv.url("/v1/stats"), None));
+        add(&agent, &stats, 0, 3);
+        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 3);
+        let reqs = srv.requests();
+        assert_eq!(reqs.len(), 1);
+        let r = &reqs[0];
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/v1/stats"));
+        assert_eq!(r.query["access_token"], "tok&en");
+        assert_eq!(r.query["mac"], "AA-BB-CC-00-11-22");
+        assert!(r.headers["content-type"].starts_with("multipart/form-data; boundary="));
+        let parts = http_server::multipart_parts(r);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].name.as_deref(), Some("data"));
+        assert_eq!(parts[0].filename.as_deref(), Some("data.gz"));
+        assert_eq!(parts[0].content_type.as_deref(), Some("application/gzip"));
+        assert_eq!(seqs(&reqs), vec![0, 1, 2]);
+        assert_eq!(stats.cache_stats().records, 0);
+    }
+
+    #[test]
+    fn outage_then_recovery_exactly_once() {
+        let srv = HttpServer::start();
+        srv.reply(500);
+        let dead = dead_url();
+        let (_d, agent, stats) = setup((&srv.url("/s"), Some(&dead)));
+        for cycle in 0..4 {
+            add(&agent, &stats, cycle * 5, 5);
+            assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 0);
+        }
+        assert_eq!(stats.cache_stats().records, 20);
+        srv.set(|_| Reply::Status(200, "{\"cmd\":\"reboot\"}".into()));
+        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 20);
+        let ok: Vec<_> = srv.requests().into_iter().skip(4).collect();
+        assert_eq!(seqs(&ok), (0..20).collect::<Vec<_>>());
+        assert_eq!(
+            upload_cycle(&agent, &stats, &agent.cfg()),
+            0,
+            "nothing sent twice"
+        );
+    }
+
+    #[test]
+    fn backup_takes_over_and_401_keeps() {
+        let api = HttpServer::start();
+        let backup = HttpServer::start();
+        api.reply(503);
+        let (_d, agent, stats) = setup((&api.url("/s"), Some(&backup.url("/b"))));
+        add(&agent, &stats, 0, 2);
+        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 2);
+        assert_eq!(seqs(&backup.requests()), vec![0, 1]);
+        assert_eq!(backup.requests()[0].query["mac"], "AA-BB-CC-00-11-22");
+
+        api.reply(401);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        set_on_unauthorized(&agent, move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        add(&agent, &stats, 2, 2);
+        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            backup.requests().len(),
+            1,
+            "401 is not a reason for the backup"
+        );
+        assert_eq!(stats.cache_stats().records, 2);
+        api.reply(200);
+        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 2);
+    }
+
+    #[test]
+    fn refused_and_silent_servers_keep_records() {
+        std::env::set_var("SOCKETMAN_HTTP_TIMEOUT_MS", "1500");
+        let silent = HttpServer::start();
+        silent.set(|_| Reply::Hang);
+        let dead = dead_url();
+        let (_d, agent, stats) = setup((&dead, Some(&silent.url("/b"))));
+        add(&agent, &stats, 0, 3);
+        let t = Instant::now();
+        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 0);
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(silent.requests().len(), 1);
+        assert_eq!(stats.cache_stats().records, 3);
+    }
+
+    #[test]
+    fn no_cache_posts_json_and_spools_failures() {
+        let srv = HttpServer::start();
+        let (_d, agent, stats) = setup((&srv.url("/s"), None));
+        let mut cfg = (*agent.cfg()).clone();
+        cfg.no_cache = true;
+        agent.set_config(cfg);
+        store(&agent, &stats, &agent.cfg(), json!({"seq": 1}), 0);
+        let r = &srv.requests()[0];
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.query["access_token"], "tok&en");
+        assert_eq!(http_server::records(r)[0]["seq"], 1);
+        assert_eq!(stats.cache_stats().records, 0);
+        srv.reply(500);
+        store(&agent, &stats, &agent.cfg(), json!({"seq": 2}), 0);
+        assert_eq!(
+            stats.cache_stats().records,
+            1,
+            "failed record joins the cache"
+        );
+        srv.reply(200);
+        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 1);
+        assert_eq!(seqs(&srv.requests()[2..]), vec![2]);
+    }
+
+    #[test]
+    fn day_backlog_drains_in_1mib_batches() {
+        let srv = HttpServer::start();
+        let (_d, agent, stats) = setup((&srv.url("/s"), None));
+        {
+            let mut g = stats.spool();
+            let s = g.as_mut().unwrap();
+            s.set_max_bytes(100_000_000);
+            for i in 0..5760u64 {
+                s.append(&json!({"created_at": i, "seq": i, "device": {"pad": "z".repeat(1500)}}))
+                    .unwrap();
+            }
+        }
+        let mut cfg = (*agent.cfg()).clone();
+        cfg.cache_max_bytes = 100_000_000;
+        stats.apply_config(&cfg);
+        assert_eq!(upload_cycle(&agent, &stats, &cfg), 5760);
+        let reqs = srv.requests();
+        assert!(reqs.len() >= 8, "{}", reqs.len());
+        for r in &reqs {
+            let parts = http_server::multipart_parts(r);
+            assert!(http_server::gunzip(&parts[0].data).len() <= BATCH_MAX);
+        }
+        assert_eq!(seqs(&reqs), (0..5760).collect::<Vec<_>>());
+    }
 
     #[test]
     fn gzip_round_trip_and_multipart_shape() {
