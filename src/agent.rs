@@ -135,3 +135,172 @@ impl Agent {
         self.mqtt_connected.load(Ordering::Relaxed)
     }
 }
+
+/// Called by the MQTT link after every successful connect (and subscribe).
+pub fn on_connected(agent: &Arc<Agent>) {
+    let _ = agent;
+}
+
+/// Loads the config for start-up: the file, or provisioning with `-b`.
+fn initial_config(path: &std::path::Path, init_url: Option<&str>) -> Result<Config, Fatal> {
+    match crate::config::load(path) {
+        Ok((cfg, notes)) => {
+            crate::logging::set_level(cfg.debug);
+            for n in notes {
+                log::warn!("{n}");
+            }
+            Ok(cfg)
+        }
+        Err(e) => match init_url {
+            None => Err(Fatal::Config(format!(
+                "{e} (and no -b INIT_URL was given to fetch one)"
+            ))),
+            Some(_url) => Err(Fatal::Config(format!(
+                "{e}; provisioning with -b is not built yet"
+            ))),
+        },
+    }
+}
+
+/// Points OpenSSL at the system CA bundle when `SSL_CERT_FILE` is not set: a vendored
+/// OpenSSL's compiled-in path does not exist on the device. Must run before any thread starts.
+fn setup_ca_bundle() {
+    if std::env::var_os("SSL_CERT_FILE").is_some() {
+        return;
+    }
+    match crate::mqtt::system_ca_bundle() {
+        Some(b) => {
+            log::info!("TLS trust store: {b}");
+            std::env::set_var("SSL_CERT_FILE", &b);
+        }
+        None => log::warn!(
+            "no system CA bundle found ({}); TLS needs cacrt",
+            crate::mqtt::CA_BUNDLES.join(", ")
+        ),
+    }
+}
+
+/// Re-reads the config on HUP, keeping the old one when the new one is invalid.
+pub fn reload(agent: &Arc<Agent>) {
+    match crate::config::load(&agent.config_path) {
+        Ok((new, notes)) => {
+            for n in notes {
+                log::warn!("{n}");
+            }
+            let old = agent.cfg();
+            let mqtt_changed = old.mqtt_host != new.mqtt_host
+                || old.port != new.port
+                || old.tls != new.tls
+                || old.cacrt != new.cacrt
+                || old.username != new.username
+                || old.password != new.password
+                || old.topic != new.topic
+                || old.key != new.key
+                || old.mac != new.mac;
+            if mqtt_changed {
+                log::warn!("HUP: MQTT connection settings changed; they take effect at the next start of socketman");
+            }
+            if old.job_workers != new.job_workers
+                || old.state_dir != new.state_dir
+                || old.cache_dir != new.cache_dir
+            {
+                log::warn!("HUP: job_workers, state_dir and cache_dir take effect at the next start of socketman");
+            }
+            crate::logging::set_level(new.debug);
+            agent.set_config(new);
+            log::info!("HUP: config {} reloaded", agent.config_path.display());
+        }
+        Err(e) => log::error!("HUP: {e}; keeping the running config"),
+    }
+}
+
+use crate::cli::Fatal;
+
+/// Runs the agent until TERM/INT (SPEC §7 start-up, §10 signals).
+pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    // Signals first, so that a TERM during start-up is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
+    let cfg = initial_config(&config_path, init_url.as_deref())?;
+    if cfg.insecure {
+        log::warn!("insecure is on: HTTPS certificates are not verified");
+    }
+    for d in [&cfg.state_dir, &cfg.cache_dir] {
+        crate::state::ensure_dir(d)
+            .map_err(|e| Fatal::Other(format!("cannot create {}: {e}", d.display())))?;
+    }
+    let mac =
+        crate::identity::discover_mac(cfg.mac.as_deref(), &cfg.mac_file, std::path::Path::new("/"))
+            .ok_or_else(|| {
+                Fatal::Config(format!(
+            "config {}: no \"mac\" set, none in {}, and no default-route interface to take it from",
+            config_path.display(),
+            cfg.mac_file
+        ))
+            })?;
+    setup_ca_bundle();
+    log::info!(
+        "{} starting as {} (config {})",
+        crate::version_line(),
+        Config::client_id(&mac),
+        config_path.display()
+    );
+    let link = crate::mqtt::Link::new(&cfg, &mac).map_err(Fatal::Other)?;
+    let agent = Agent::new(cfg, config_path, init_url, mac);
+
+    let jobs = crate::jobs::Jobs::start(&agent)
+        .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
+    jobs.answer_unfinished(&agent, None);
+    let (link_thread, out_thread) = link
+        .spawn(&agent, jobs.clone())
+        .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
+
+    // --- subsystems ---
+
+    let mut why = "signal";
+    for sig in signals.forever() {
+        match sig {
+            SIGTERM => {
+                why = "TERM";
+                break;
+            }
+            SIGINT => {
+                why = "INT";
+                break;
+            }
+            SIGHUP => reload(&agent),
+            SIGUSR1 => log::info!("USR1: stats upload is not built yet"),
+            _ => {}
+        }
+    }
+
+    // Clean stop (SPEC §10), within 15 s.
+    let begin = Instant::now();
+    let deadline = begin + Duration::from_secs(14);
+    log::info!(
+        "{why}: stopping (jobs get {} s)",
+        crate::jobs::STOP_GRACE.as_secs()
+    );
+    let phase = |what: &str| log::debug!("stop: {what} after {} ms", begin.elapsed().as_millis());
+    jobs.stop(deadline - Duration::from_secs(3));
+    phase("jobs stopped");
+    // --- subsystems stop ---
+    while !agent.outbox.is_empty()
+        && agent.is_connected()
+        && Instant::now() < deadline - Duration::from_secs(2)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    agent.request_stop();
+    agent.outbox.close();
+    for h in [link_thread, out_thread] {
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    phase("threads joined");
+    log::info!("stopped in {:.1} s", begin.elapsed().as_secs_f32());
+    Ok(())
+}

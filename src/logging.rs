@@ -18,6 +18,11 @@ struct Logger {
 
 impl Log for Logger {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
+        // The Paho wrapper logs its internals (e.g. "Event stream closed" on every clean
+        // disconnect); socketman logs what matters itself, so those only show at debug level.
+        if m.target().starts_with("paho_mqtt") && log::max_level() < LevelFilter::Debug {
+            return false;
+        }
         m.level() <= log::max_level()
     }
 

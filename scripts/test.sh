@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test command (README): installs what is missing, then runs cargo fmt --check,
+# clippy -D warnings, every test (unit + integration against a real mosquitto), and — unless
+# SKIP_STATIC=1 — the static musl builds with their qemu round trip (scripts/ci-static.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+{ have mosquitto || [ -x /usr/sbin/mosquitto ]; } || need+=(mosquitto)
+have mosquitto_pub || need+=(mosquitto-clients)
+have cmake || need+=(cmake)
+have openssl || need+=(openssl)
+have pkg-config || need+=(pkg-config)
+{ have pkg-config && pkg-config --exists openssl; } || need+=(libssl-dev)
+have cc || need+=(build-essential)
+have file || need+=(file)
+have python3 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian starts a mosquitto service on 1883 after install; the tests use their own brokers.
+
+if ! have cargo; then
+  echo "cargo is missing: install Rust with rustup first" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked -- --test-threads="${TEST_THREADS:-4}"
+
+if [ "${SKIP_STATIC:-0}" != 1 ] && [ -x scripts/ci-static.sh ]; then
+  echo "== static builds and qemu round trip"
+  scripts/ci-static.sh
+fi
+echo "== all checks passed"

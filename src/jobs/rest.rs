@@ -1,0 +1,202 @@
+//! REST notifications (SPEC §4.6): with `rest` on, a job's result is sent as
+//! `PATCH <api_url>/operations/<id>?access_token=<token>` instead of on `pub/…`. Every pending
+//! notification is a file in `state_dir/rest/` (written atomically before the first try), so
+//! it survives restarts; the `rest-notify` thread retries with back-off until the API answers
+//! 2xx (done) or 4xx (refused for good, logged), then deletes the file.
+#![forbid(unsafe_code)]
+
+use crate::agent::Agent;
+use crate::backoff::Backoff;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Directory of pending notifications.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("rest")
+}
+
+/// The PATCH body for a PROCESSED message.
+pub fn body(processed: &Value) -> Value {
+    let m = &processed["meta"];
+    json!({
+        "success": m["success"],
+        "output": m["msg"],
+        "exit_code": m["exit_code"],
+        "type": m["type"],
+    })
+}
+
+fn file_name(id: &str) -> String {
+    // Ids are free text: keep the name safe and unique.
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{}-{}-{}.json",
+        crate::events::now(),
+        safe,
+        crate::jobs::intake::hex(&crate::backoff::random_u64().to_le_bytes()[..4])
+    )
+}
+
+/// Queues the notification for job `id` durably.
+pub fn enqueue(state_dir: &Path, id: &str, processed: &Value) -> std::io::Result<()> {
+    let doc = json!({"id": id, "body": body(processed)});
+    crate::state::write_atomic(
+        &dir(state_dir).join(file_name(id)),
+        doc.to_string().as_bytes(),
+    )
+}
+
+/// Outcome of one attempt.
+#[derive(Debug, PartialEq)]
+enum Attempt {
+    Done,
+    Refused(u16),
+    Retry(String),
+}
+
+fn send(
+    agent: &ureq::Agent,
+    api_url: &str,
+    token: Option<&str>,
+    id: &str,
+    body: &Value,
+) -> Attempt {
+    let base = format!(
+        "{}/operations/{}",
+        api_url.trim_end_matches('/'),
+        crate::http::encode(id)
+    );
+    let url = match token {
+        Some(t) => crate::http::with_query(&base, &[("access_token", t)]),
+        None => base,
+    };
+    match agent
+        .request("PATCH", &url)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(_) => Attempt::Done,
+        Err(ureq::Error::Status(code, _)) if (400..500).contains(&code) => Attempt::Refused(code),
+        Err(ureq::Error::Status(code, _)) => Attempt::Retry(format!("HTTP {code}")),
+        Err(e) => Attempt::Retry(
+            e.to_string()
+                .replace(url.as_str(), &crate::http::redact(&url)),
+        ),
+    }
+}
+
+/// Sends every pending notification once, oldest first. Returns false if one must be retried.
+pub fn flush(agent: &Agent) -> bool {
+    let cfg = agent.cfg();
+    let Some(api_url) = cfg.api_url.clone() else {
+        return true;
+    };
+    let d = dir(&cfg.state_dir);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&d) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect(),
+        Err(_) => return true,
+    };
+    files.sort();
+    let http = crate::http::agent(&cfg, crate::http::API_TIMEOUT);
+    for f in files {
+        let doc = match crate::state::read_json(&f) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => {
+                log::error!(
+                    "REST notification {} is unreadable ({e}); removed",
+                    f.display()
+                );
+                let _ = std::fs::remove_file(&f);
+                continue;
+            }
+        };
+        let id = doc["id"].as_str().unwrap_or_default().to_string();
+        match send(&http, &api_url, cfg.token.as_deref(), &id, &doc["body"]) {
+            Attempt::Done => {
+                log::info!("job {id}: result sent to the API");
+                let _ = std::fs::remove_file(&f);
+            }
+            Attempt::Refused(code) => {
+                log::error!("job {id}: API refused the result with HTTP {code}; not retried");
+                let _ = std::fs::remove_file(&f);
+            }
+            Attempt::Retry(why) => {
+                log::warn!("job {id}: result not delivered to the API ({why}); will retry");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The `rest-notify` thread: flushes when woken and retries with back-off 1 s … 5 min.
+pub fn spawn(
+    agent: &Arc<Agent>,
+    wake: std::sync::mpsc::Receiver<()>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let agent = agent.clone();
+    std::thread::Builder::new()
+        .name("rest-notify".into())
+        .spawn(move || {
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300), true);
+            let mut pending = true; // files may be left from before a restart
+            while !agent.stopping() {
+                if pending {
+                    if flush(&agent) {
+                        pending = false;
+                        backoff.reset();
+                    } else if agent.wait_stop(backoff.next_delay()) {
+                        break;
+                    } else {
+                        continue;
+                    }
+                }
+                match wake.recv_timeout(Duration::from_secs(2)) {
+                    Ok(()) => pending = true,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_from_processed() {
+        let p = json!({"id":"x","meta":{"msg":"out","type":"cmd","success":true,"exit_code":0}});
+        assert_eq!(
+            body(&p),
+            json!({"success":true,"output":"out","exit_code":0,"type":"cmd"})
+        );
+    }
+
+    #[test]
+    fn enqueue_writes_safe_names() {
+        let d = tempfile::tempdir().unwrap();
+        enqueue(d.path(), "../../etc/x", &json!({"meta":{}})).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir(d.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert!(!names[0].to_string_lossy().contains('/'));
+    }
+}

@@ -1,0 +1,251 @@
+//! Shell jobs: `/bin/sh -c CMD` in its own process group, stdout and stderr interleaved as
+//! produced (one pipe for both), output kept up to a limit (the rest is read and thrown away so
+//! the child never blocks), a timeout that kills the whole group (TERM, then KILL after 5 s).
+//! Runs on the calling thread (a job worker) plus one reader thread per job.
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Time between TERM and KILL when a job times out (SPEC §4.2).
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait for the pipe to close after the shell exited (a background child that
+/// keeps the pipe open must not hold the job).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// What a shell job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShellOutcome {
+    /// stdout and stderr as produced, cut at the output limit (lossy UTF-8).
+    pub output: String,
+    /// The exit code; `None` when killed by a signal or on timeout.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the shell, if any.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub truncated: bool,
+    pub duration: Duration,
+    /// Set when the command could not be started at all.
+    pub spawn_error: Option<String>,
+}
+
+impl ShellOutcome {
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// Runs `cmd` with `/bin/sh -c`. Never panics; a spawn failure is reported in the outcome.
+pub fn run_shell(cmd: &str, timeout: Duration, output_max: usize) -> ShellOutcome {
+    run_shell_tracked(cmd, timeout, output_max, &|_| {})
+}
+
+/// As [`run_shell`]; `on_spawn` gets the process group id as soon as the shell runs, so that
+/// the caller can kill the job from outside (clean stop).
+pub fn run_shell_tracked(
+    cmd: &str,
+    timeout: Duration,
+    output_max: usize,
+    on_spawn: &dyn Fn(i32),
+) -> ShellOutcome {
+    let start = Instant::now();
+    let failed = |e: String| ShellOutcome {
+        output: String::new(),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        truncated: false,
+        duration: start.elapsed(),
+        spawn_error: Some(e),
+    };
+    let (reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return failed(format!("cannot create pipe: {e}")),
+    };
+    let writer2 = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return failed(format!("cannot create pipe: {e}")),
+    };
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot start /bin/sh: {e}")),
+    };
+    // The parent's copies of the write end are gone with `command`.
+    drop(command);
+    let pgid = child.id() as i32;
+    on_spawn(pgid);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let captured = Arc::new(Mutex::new((Vec::new(), false)));
+    let sink = captured.clone();
+    let reader_thread = std::thread::Builder::new()
+        .name("job-output".into())
+        .spawn(move || {
+            let mut reader = reader;
+            let mut buf = [0u8; 8192];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut g) = sink.lock() {
+                            let (kept, truncated) = &mut *g;
+                            let room = output_max.saturating_sub(kept.len());
+                            if n > room {
+                                *truncated = true;
+                            }
+                            kept.extend_from_slice(&buf[..n.min(room)]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(());
+        });
+
+    let deadline = start + timeout;
+    let mut timed_out = false;
+    let mut term_sent: Option<Instant> = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("waiting for job shell (pid {pgid}) failed: {e}");
+                break None;
+            }
+        }
+        let now = Instant::now();
+        if !timed_out && now >= deadline {
+            timed_out = true;
+            term_sent = Some(now);
+            let _ = crate::sys::kill_group(pgid, libc::SIGTERM);
+        }
+        if let Some(t) = term_sent {
+            if now >= t + KILL_GRACE {
+                let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
+                term_sent = None;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(
+            if start.elapsed() < Duration::from_millis(50) {
+                1
+            } else {
+                10
+            },
+        ));
+    };
+    if timed_out {
+        // Whatever of the group is left goes too, so no child survives a timed-out job.
+        let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
+    }
+    if rx.recv_timeout(DRAIN_AFTER_EXIT).is_err() {
+        log::debug!("job output pipe still open {DRAIN_AFTER_EXIT:?} after the shell exited (background child); output so far kept");
+    }
+    let (kept, truncated) = match captured.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    if let Ok(h) = reader_thread {
+        if h.is_finished() {
+            let _ = h.join();
+        }
+    }
+    ShellOutcome {
+        output: String::from_utf8_lossy(&kept).into_owned(),
+        exit_code: if timed_out {
+            None
+        } else {
+            status.and_then(|s| s.code())
+        },
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        truncated,
+        duration: start.elapsed(),
+        spawn_error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_and_exit_code() {
+        let o = run_shell(
+            "echo out; echo err >&2; exit 3",
+            Duration::from_secs(10),
+            1000,
+        );
+        assert_eq!(o.exit_code, Some(3));
+        assert!(
+            o.output.contains("out\n") && o.output.contains("err\n"),
+            "{:?}",
+            o.output
+        );
+        assert!(!o.truncated && !o.timed_out && !o.success());
+        assert!(run_shell("true", Duration::from_secs(5), 10).success());
+    }
+
+    #[test]
+    fn interleaving_keeps_order() {
+        let o = run_shell(
+            "echo 1; echo 2 >&2; echo 3; echo 4 >&2",
+            Duration::from_secs(10),
+            1000,
+        );
+        assert_eq!(o.output, "1\n2\n3\n4\n");
+    }
+
+    #[test]
+    fn truncation() {
+        let o = run_shell(
+            "head -c 100000 /dev/zero | tr '\\0' x",
+            Duration::from_secs(10),
+            100,
+        );
+        assert_eq!(o.output.len(), 100);
+        assert!(o.truncated);
+        assert_eq!(o.exit_code, Some(0));
+    }
+
+    #[test]
+    fn timeout_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let o = run_shell(&cmd, Duration::from_millis(500), 1000);
+        assert!(o.timed_out);
+        assert_eq!(o.exit_code, None);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "grandchild survived: {stat}"
+        );
+    }
+
+    #[test]
+    fn background_child_does_not_hold_the_job() {
+        let o = run_shell("sleep 5 & echo started", Duration::from_secs(30), 100);
+        assert!(o.duration < Duration::from_secs(4), "{:?}", o.duration);
+        assert_eq!(o.exit_code, Some(0));
+        assert_eq!(o.output, "started\n");
+    }
+}
