@@ -7,8 +7,8 @@
 //! CPU time is this thread's on-CPU time from `/proc/thread-self/schedstat` plus the CPU
 //! time of waited-for children (`/proc/self/stat` cutime+cstime, for `iw`/`ubus` when present).
 
-#[path = "../tests/it/http_server.rs"]
-mod http_server;
+#[path = "../tests/it/http.rs"]
+mod http;
 
 use serde_json::Value;
 use socketman::agent::{Agent, NetStatus};
@@ -162,7 +162,7 @@ fn main() {
 
     // A day of records (5760) in the spool, drained to a local HTTP server.
     let dir = tempfile::tempdir().expect("temp dir");
-    let srv = http_server::HttpServer::start();
+    let srv = http::HttpServer::start(|_| Some((200, "{}".into())));
     cfg.stats_url = Some(srv.url("/stats"));
     cfg.token = Some("bench".into());
     cfg.cache_dir = dir.path().join("cache");

@@ -257,6 +257,9 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
+    if let Err(e) = crate::collect::spawn(&agent) {
+        log::error!("stats: cannot start the collector/uploader threads: {e}");
+    }
 
     let mut why = "signal";
     for sig in signals.forever() {
@@ -270,7 +273,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                 break;
             }
             SIGHUP => reload(&agent),
-            SIGUSR1 => log::info!("USR1: stats upload is not built yet"),
+            SIGUSR1 => crate::upload::upload_now(&agent),
             _ => {}
         }
     }

@@ -460,10 +460,13 @@ pub fn spawn(agent: &Arc<Agent>) -> io::Result<()> {
     Ok(())
 }
 
-/// The integration tests' HTTP server, reused by the unit tests below.
+/// The integration tests' HTTP server and upload decoding, reused by the unit tests below.
 #[cfg(test)]
-#[path = "../tests/it/http_server.rs"]
-mod test_http_server;
+#[path = "../tests/it/http.rs"]
+mod test_http;
+#[cfg(test)]
+#[path = "../tests/it/stats_wire.rs"]
+mod test_wire;
 
 #[cfg(test)]
 mod tests {
@@ -471,8 +474,8 @@ mod tests {
     use flate2::read::GzDecoder;
     use std::io::Read;
 
-    use super::test_http_server as http_server;
-    use http_server::{HttpServer, Reply};
+    use super::test_http::{HttpServer, Request};
+    use super::test_wire as wire;
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -502,9 +505,13 @@ mod tests {
         }
     }
 
-    fn seqs(reqs: &[http_server::Request]) -> Vec<u64> {
+    fn recs(r: &Request) -> Vec<Value> {
+        wire::records(r.header("content-type").unwrap_or(""), &r.body)
+    }
+
+    fn seqs(reqs: &[Request]) -> Vec<u64> {
         reqs.iter()
-            .flat_map(http_server::records)
+            .flat_map(recs)
             .map(|r| r["seq"].as_u64().unwrap())
             .collect()
     }
@@ -518,18 +525,19 @@ mod tests {
 
     #[test]
     fn batch_post_shape() {
-        let srv = HttpServer::start();
+        let srv = HttpServer::start(|_| Some((200, "{}".into())));
         let (_d, agent, stats) = setup((&srv.url("/v1/stats"), None));
         add(&agent, &stats, 0, 3);
         assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 3);
         let reqs = srv.requests();
         assert_eq!(reqs.len(), 1);
         let r = &reqs[0];
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/v1/stats"));
-        assert_eq!(r.query["access_token"], "tok&en");
-        assert_eq!(r.query["mac"], "AA-BB-CC-00-11-22");
-        assert!(r.headers["content-type"].starts_with("multipart/form-data; boundary="));
-        let parts = http_server::multipart_parts(r);
+        assert_eq!((r.method.as_str(), r.path()), ("POST", "/v1/stats"));
+        assert_eq!(r.query()["access_token"], "tok&en");
+        assert_eq!(r.query()["mac"], "AA-BB-CC-00-11-22");
+        let ct = r.header("content-type").unwrap();
+        assert!(ct.starts_with("multipart/form-data; boundary="));
+        let parts = wire::multipart_parts(ct, &r.body);
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].name.as_deref(), Some("data"));
         assert_eq!(parts[0].filename.as_deref(), Some("data.gz"));
@@ -540,8 +548,8 @@ mod tests {
 
     #[test]
     fn outage_then_recovery_exactly_once() {
-        let srv = HttpServer::start();
-        srv.reply(500);
+        let srv = HttpServer::start(|_| Some((200, "{}".into())));
+        srv.set_handler(|_| Some((500, "{}".into())));
         let dead = dead_url();
         let (_d, agent, stats) = setup((&srv.url("/s"), Some(&dead)));
         for cycle in 0..4 {
@@ -549,7 +557,7 @@ mod tests {
             assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 0);
         }
         assert_eq!(stats.cache_stats().records, 20);
-        srv.set(|_| Reply::Status(200, "{\"cmd\":\"reboot\"}".into()));
+        srv.set_handler(|_| Some((200, "{\"cmd\":\"reboot\"}".into())));
         assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 20);
         let ok: Vec<_> = srv.requests().into_iter().skip(4).collect();
         assert_eq!(seqs(&ok), (0..20).collect::<Vec<_>>());
@@ -562,16 +570,16 @@ mod tests {
 
     #[test]
     fn backup_takes_over_and_401_keeps() {
-        let api = HttpServer::start();
-        let backup = HttpServer::start();
-        api.reply(503);
+        let api = HttpServer::start(|_| Some((200, "{}".into())));
+        let backup = HttpServer::start(|_| Some((200, "{}".into())));
+        api.set_handler(|_| Some((503, "{}".into())));
         let (_d, agent, stats) = setup((&api.url("/s"), Some(&backup.url("/b"))));
         add(&agent, &stats, 0, 2);
         assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 2);
         assert_eq!(seqs(&backup.requests()), vec![0, 1]);
-        assert_eq!(backup.requests()[0].query["mac"], "AA-BB-CC-00-11-22");
+        assert_eq!(backup.requests()[0].query()["mac"], "AA-BB-CC-00-11-22");
 
-        api.reply(401);
+        api.set_handler(|_| Some((401, "{}".into())));
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         set_on_unauthorized(&agent, move || {
@@ -586,15 +594,15 @@ mod tests {
             "401 is not a reason for the backup"
         );
         assert_eq!(stats.cache_stats().records, 2);
-        api.reply(200);
+        api.set_handler(|_| Some((200, "{}".into())));
         assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 2);
     }
 
     #[test]
     fn refused_and_silent_servers_keep_records() {
         std::env::set_var("SOCKETMAN_HTTP_TIMEOUT_MS", "1500");
-        let silent = HttpServer::start();
-        silent.set(|_| Reply::Hang);
+        let silent = HttpServer::start(|_| Some((200, "{}".into())));
+        silent.set_handler(|_| None);
         let dead = dead_url();
         let (_d, agent, stats) = setup((&dead, Some(&silent.url("/b"))));
         add(&agent, &stats, 0, 3);
@@ -607,32 +615,32 @@ mod tests {
 
     #[test]
     fn no_cache_posts_json_and_spools_failures() {
-        let srv = HttpServer::start();
+        let srv = HttpServer::start(|_| Some((200, "{}".into())));
         let (_d, agent, stats) = setup((&srv.url("/s"), None));
         let mut cfg = (*agent.cfg()).clone();
         cfg.no_cache = true;
         agent.set_config(cfg);
         store(&agent, &stats, &agent.cfg(), json!({"seq": 1}), 0);
         let r = &srv.requests()[0];
-        assert_eq!(r.headers["content-type"], "application/json");
-        assert_eq!(r.query["access_token"], "tok&en");
-        assert_eq!(http_server::records(r)[0]["seq"], 1);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.query()["access_token"], "tok&en");
+        assert_eq!(recs(r)[0]["seq"], 1);
         assert_eq!(stats.cache_stats().records, 0);
-        srv.reply(500);
+        srv.set_handler(|_| Some((500, "{}".into())));
         store(&agent, &stats, &agent.cfg(), json!({"seq": 2}), 0);
         assert_eq!(
             stats.cache_stats().records,
             1,
             "failed record joins the cache"
         );
-        srv.reply(200);
+        srv.set_handler(|_| Some((200, "{}".into())));
         assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 1);
         assert_eq!(seqs(&srv.requests()[2..]), vec![2]);
     }
 
     #[test]
     fn day_backlog_drains_in_1mib_batches() {
-        let srv = HttpServer::start();
+        let srv = HttpServer::start(|_| Some((200, "{}".into())));
         let (_d, agent, stats) = setup((&srv.url("/s"), None));
         {
             let mut g = stats.spool();
@@ -650,8 +658,8 @@ mod tests {
         let reqs = srv.requests();
         assert!(reqs.len() >= 8, "{}", reqs.len());
         for r in &reqs {
-            let parts = http_server::multipart_parts(r);
-            assert!(http_server::gunzip(&parts[0].data).len() <= BATCH_MAX);
+            let parts = wire::multipart_parts(r.header("content-type").unwrap(), &r.body);
+            assert!(wire::gunzip(&parts[0].data).len() <= BATCH_MAX);
         }
         assert_eq!(seqs(&reqs), (0..5760).collect::<Vec<_>>());
     }
