@@ -174,7 +174,11 @@ fn check_config(path: &std::path::Path) -> Result<(), Fatal> {
 /// `--config` the defaults are used (e.g. `lease_file`, `scan`).
 fn collect_once(path: Option<&std::path::Path>) -> Result<(), Fatal> {
     let cfg = match path {
-        Some(p) => crate::config::load(p).map_err(|e| Fatal::Config(e.to_string()))?.0,
+        Some(p) => {
+            crate::config::load(p)
+                .map_err(|e| Fatal::Config(e.to_string()))?
+                .0
+        }
         None => crate::config::Config::default(),
     };
     println!("{}", crate::collect::collect_once(&cfg));

@@ -11,8 +11,9 @@
 //! oldest first, until they fit (at most 1/16 of the bound goes at once). The number of
 //! dropped records is kept in `cache_dir/dropped` (written atomically) and reported in the
 //! next record's `device.dropped`; the collector subtracts what it reported once that record
-//! is durably appended ([`Spool::report_dropped`]). A batch that is being uploaded can still
-//! be dropped by the bound; it is then counted as dropped although the API gets it.
+//! is durably appended ([`Spool::report_dropped`]). Drops that a dropped record was carrying
+//! are counted again. Segments of the batch being uploaded are skipped by the bound until
+//! the batch is acked or released, so a record is never both delivered and counted dropped.
 //!
 //! Upload: [`Spool::next_batch`] returns the oldest whole segments whose lines fit in the
 //! given size (at least one segment), sealing the segment being appended to when it is
@@ -70,6 +71,8 @@ pub struct Spool {
     /// The segment appended to (always the last of `segs`) and its file.
     active: Option<(u64, File)>,
     next_id: u64,
+    /// Segments of the batch being uploaded: the bound drops other segments first.
+    inflight: Vec<u64>,
     dropped: u64,
 }
 
@@ -130,6 +133,7 @@ impl Spool {
             segs,
             active: None,
             next_id,
+            inflight: Vec::new(),
             dropped,
         };
         if !s.segs.is_empty() {
@@ -221,19 +225,29 @@ impl Spool {
 
     fn enforce_bound(&mut self) {
         let mut n = 0u64;
+        let mut carried = 0u64;
         while self.total_bytes() > self.max_bytes && self.segs.len() > 1 {
-            let Some(seg) = self.segs.pop_front() else {
+            // The oldest segment that is not being uploaded (never the one just written).
+            let last = self.segs.len() - 1;
+            let Some(i) = (0..last).find(|i| !self.inflight.contains(&self.segs[*i].id)) else {
                 break;
             };
-            if let Err(e) = fs::remove_file(self.dir.join(seg_name(seg.id))) {
+            let Some(seg) = self.segs.remove(i) else {
+                break;
+            };
+            let path = self.dir.join(seg_name(seg.id));
+            // Drops that the dropped records were reporting are counted again, so that no
+            // drop is lost when the record carrying its count goes too.
+            carried += fs::read(&path).map(|d| carried_drops(&d)).unwrap_or(0);
+            if let Err(e) = fs::remove_file(&path) {
                 if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("stats cache: cannot remove {}: {e}", seg_name(seg.id));
+                    log::warn!("stats cache: cannot remove {}: {e}", path.display());
                 }
             }
             n += seg.records;
         }
         if n > 0 {
-            self.dropped += n;
+            self.dropped += n + carried;
             self.persist_dropped();
             log::warn!(
                 "stats cache over cache_max_bytes ({}): dropped the {n} oldest records ({} dropped since last reported)",
@@ -293,6 +307,7 @@ impl Spool {
             body: Vec::new(),
             records: 0,
         };
+        self.inflight.clear();
         let ids: Vec<u64> = self.segs.iter().map(|s| s.id).collect();
         for id in ids {
             let path = self.dir.join(seg_name(id));
@@ -315,7 +330,13 @@ impl Spool {
             batch.body.extend_from_slice(&lines);
             batch.records += count;
         }
+        self.inflight = batch.ids.clone();
         Ok((!batch.ids.is_empty()).then_some(batch))
+    }
+
+    /// The batch taken last was not delivered: its segments may be dropped by the bound again.
+    pub fn release(&mut self) {
+        self.inflight.clear();
     }
 
     /// Deletes the segments of a batch that was delivered.
@@ -335,10 +356,19 @@ impl Spool {
                 }
             }
             self.segs.retain(|s| s.id != *id);
+            self.inflight.retain(|i| i != id);
         }
         sync_dir(&self.dir);
         Ok(())
     }
+}
+
+/// Sum of `device.dropped` over the records of a segment.
+fn carried_drops(data: &[u8]) -> u64 {
+    data.split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .filter_map(|v| v.get("device")?.get("dropped")?.as_u64())
+        .sum()
 }
 
 /// The complete JSON lines of a segment; a torn or garbage line is skipped with a log line.
@@ -488,6 +518,16 @@ mod tests {
             100,
             "every record is kept or counted"
         );
+        // A dropped record that carried a drop count passes the count on.
+        let mut sp2 = Spool::open(&d.path().join("b"), max).unwrap();
+        let mut carrier = rec(0);
+        carrier["device"]["dropped"] = json!(7);
+        sp2.append(&carrier).unwrap();
+        for i in 1..40 {
+            sp2.append(&rec(i)).unwrap();
+        }
+        let st2 = sp2.stats();
+        assert_eq!(st2.records + st2.dropped, 40 + 7);
         assert!(st.dropped >= 80);
         drop(sp);
         let mut sp = Spool::open(d.path(), max).unwrap();
@@ -553,5 +593,36 @@ mod tests {
         let b2 = sp.next_batch(BATCH_MAX).unwrap().unwrap();
         assert_eq!(seqs(&b1.body), seqs(&b2.body), "not acked = sent again");
         assert!(Spool::open(Path::new("/proc/no/such/dir"), 1).is_err());
+    }
+
+    #[test]
+    fn batch_in_flight_is_not_dropped_by_the_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let one = rec(0).to_string().len() as u64 + 1;
+        let mut sp = Spool::open(d.path(), one * 4).unwrap();
+        for i in 0..4 {
+            sp.append(&rec(i)).unwrap();
+        }
+        let b = sp.next_batch(one as usize).unwrap().unwrap();
+        assert_eq!(seqs(&b.body), vec![0]);
+        for i in 4..8 {
+            sp.append(&rec(i)).unwrap();
+        }
+        assert_eq!(
+            sp.dropped(),
+            4,
+            "records 1..5 dropped, not the one in flight"
+        );
+        sp.ack(&b).unwrap();
+        assert_eq!(drain(&mut sp), vec![5, 6, 7]);
+        // Released (not delivered): the bound may take it again.
+        let mut sp = Spool::open(&d.path().join("r"), one * 4).unwrap();
+        for i in 0..4 {
+            sp.append(&rec(i)).unwrap();
+        }
+        let _b = sp.next_batch(one as usize).unwrap().unwrap();
+        sp.release();
+        sp.append(&rec(4)).unwrap();
+        assert_eq!(drain(&mut sp), vec![1, 2, 3, 4]);
     }
 }

@@ -367,6 +367,7 @@ pub fn store(agent: &Agent, stats: &Stats, cfg: &Config, record: Value, dropped:
             "record",
         ) {
             Sent::Ok => {
+                log::debug!("stats: record sent (no-cache)");
                 if let Some(s) = stats.spool().as_mut() {
                     s.report_dropped(dropped);
                 }
@@ -379,7 +380,10 @@ pub fn store(agent: &Agent, stats: &Stats, cfg: &Config, record: Value, dropped:
     let mut g = stats.spool();
     match g.as_mut() {
         Some(s) => match s.append(&record) {
-            Ok(()) => s.report_dropped(dropped),
+            Ok(()) => {
+                s.report_dropped(dropped);
+                log::debug!("stats: record cached ({} waiting)", s.stats().records);
+            }
             Err(e) => {
                 log::error!("stats: record not cached: {e}");
                 s.count_dropped(1);
@@ -389,10 +393,16 @@ pub fn store(agent: &Agent, stats: &Stats, cfg: &Config, record: Value, dropped:
     }
 }
 
+fn release(stats: &Stats) {
+    if let Some(s) = stats.spool().as_mut() {
+        s.release();
+    }
+}
+
 /// Sends every cached batch, oldest first, until the cache is empty or a send fails.
 /// Returns the number of records delivered.
 pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
-    if cfg.stats_url.as_deref().map_or(true, str::is_empty) {
+    if !matches!(cfg.stats_url.as_deref(), Some(u) if !u.is_empty()) {
         log::debug!("stats: no stats_url; records stay cached");
         return 0;
     }
@@ -418,10 +428,14 @@ pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
             match send_with_backup(cfg, &agent.mac, &ct, &body, &what) {
                 Sent::Ok => log::info!("stats: sent {what}"),
                 Sent::Unauthorized => {
+                    release(stats);
                     stats.unauthorized();
                     break;
                 }
-                Sent::Failed => break,
+                Sent::Failed => {
+                    release(stats);
+                    break;
+                }
             }
         }
         delivered += batch.records;
@@ -436,16 +450,15 @@ pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
     delivered
 }
 
-/// Starts the `stats-upload` thread.
-pub fn spawn(agent: &Arc<Agent>) -> io::Result<()> {
+/// Starts the `stats-upload` thread; with `backlog` the first upload runs at once.
+pub fn spawn(agent: &Arc<Agent>, backlog: bool) -> io::Result<()> {
     let a = agent.clone();
     let stats = handle(agent);
     std::thread::Builder::new()
         .name("stats-upload".into())
         .spawn(move || {
             log::info!("stats: uploader started");
-            // A backlog from before the start goes out at once.
-            let mut wait = !stats.spool().as_ref().is_some_and(|s| !s.is_empty());
+            let mut wait = !backlog;
             loop {
                 let cfg = a.cfg();
                 stats.apply_config(&cfg);

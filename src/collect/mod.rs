@@ -131,11 +131,13 @@ pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
     let cfg = agent.cfg();
     let stats = crate::upload::Stats::open(&cfg);
     let stats = agent.stats.get_or_init(|| stats).clone();
+    // Records from before this start go out at once; decided before the first collection.
+    let backlog = stats.cache_stats().records > 0;
     let a = agent.clone();
     std::thread::Builder::new()
         .name("stats-collect".into())
         .spawn(move || collector_loop(&a, &stats))?;
-    crate::upload::spawn(agent)?;
+    crate::upload::spawn(agent, backlog)?;
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 //! real HTTP/1.1 server.
 
 mod http;
+mod stats_wire;
 mod support;
 
 mod core;
+mod stats;

@@ -70,7 +70,9 @@ pub fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<Part> {
 
 pub fn gunzip(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    GzDecoder::new(data).read_to_end(&mut out).expect("valid gzip");
+    GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
     out
 }
 
