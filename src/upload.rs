@@ -316,13 +316,19 @@ enum Sent {
     Failed,
 }
 
-fn send_with_backup(cfg: &Config, mac: &str, content_type: &str, body: &[u8], what: &str) -> Sent {
+fn send_with_backup(
+    http: &ureq::Agent,
+    cfg: &Config,
+    mac: &str,
+    content_type: &str,
+    body: &[u8],
+    what: &str,
+) -> Sent {
     let Some(primary) = cfg.stats_url.as_deref().filter(|u| !u.is_empty()) else {
         return Sent::Failed;
     };
-    let http = crate::http::agent(cfg, http_timeout());
     let url = stats_target(primary, cfg, mac);
-    match post(&http, &url, content_type, body) {
+    match post(http, &url, content_type, body) {
         Ok(()) => return Sent::Ok,
         Err(PostError::Unauthorized) => {
             log::warn!(
@@ -341,7 +347,7 @@ fn send_with_backup(cfg: &Config, mac: &str, content_type: &str, body: &[u8], wh
         return Sent::Failed;
     };
     let url = stats_target(backup, cfg, mac);
-    match post(&http, &url, content_type, body) {
+    match post(http, &url, content_type, body) {
         Ok(()) => Sent::Ok,
         Err(e) => {
             log::warn!(
@@ -359,7 +365,9 @@ fn send_with_backup(cfg: &Config, mac: &str, content_type: &str, body: &[u8], wh
 pub fn store(agent: &Agent, stats: &Stats, cfg: &Config, record: Value, dropped: u64) {
     if cfg.no_cache && cfg.stats_url.is_some() {
         let body = record.to_string();
+        let http = crate::http::agent(cfg, http_timeout());
         match send_with_backup(
+            &http,
             cfg,
             &agent.mac,
             "application/json",
@@ -406,6 +414,8 @@ pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
         log::debug!("stats: no stats_url; records stay cached");
         return 0;
     }
+    // One client per cycle: connections are reused between batches.
+    let http = crate::http::agent(cfg, http_timeout());
     let mut delivered = 0;
     while !agent.stopping() {
         let batch = match stats.spool().as_mut().map(|s| s.next_batch(BATCH_MAX)) {
@@ -425,7 +435,7 @@ pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
                 batch.body.len(),
                 gz.len()
             );
-            match send_with_backup(cfg, &agent.mac, &ct, &body, &what) {
+            match send_with_backup(&http, cfg, &agent.mac, &ct, &body, &what) {
                 Sent::Ok => log::info!("stats: sent {what}"),
                 Sent::Unauthorized => {
                     release(stats);
