@@ -45,6 +45,8 @@ pub struct Agent {
     /// Stats spool and upload trigger (issue 3; `crate::upload::handle` creates it on first
     /// use): healthz reads the cache counters, USR1 calls `crate::upload::upload_now`.
     pub stats: OnceLock<Arc<crate::upload::Stats>>,
+    /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
+    pub monitor: crate::monitor::Shared,
 }
 
 impl Agent {
@@ -66,6 +68,7 @@ impl Agent {
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
             stats: OnceLock::new(),
+            monitor: crate::monitor::Shared::default(),
         })
     }
 
@@ -141,23 +144,42 @@ pub fn on_connected(agent: &Arc<Agent>) {
     let _ = agent;
 }
 
-/// Loads the config for start-up: the file, or provisioning with `-b`.
-fn initial_config(path: &std::path::Path, init_url: Option<&str>) -> Result<Config, Fatal> {
+/// Loads the config for start-up: the file, or provisioning with `-b` (SPEC §7.1).
+/// `Ok(None)` when a stop was requested while provisioning.
+fn initial_config(
+    path: &std::path::Path,
+    init_url: Option<&str>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Config>, Fatal> {
     match crate::config::load(path) {
         Ok((cfg, notes)) => {
             crate::logging::set_level(cfg.debug);
             for n in notes {
                 log::warn!("{n}");
             }
-            Ok(cfg)
+            Ok(Some(cfg))
         }
         Err(e) => match init_url {
             None => Err(Fatal::Config(format!(
                 "{e} (and no -b INIT_URL was given to fetch one)"
             ))),
-            Some(_url) => Err(Fatal::Config(format!(
-                "{e}; provisioning with -b is not built yet"
-            ))),
+            Some(url) => {
+                log::warn!("{e}; provisioning from -b");
+                let root = std::path::Path::new("/");
+                let d = Config::default();
+                let mac = crate::identity::discover_mac(None, &d.mac_file, root)
+                    .unwrap_or_else(|| "unknown".into());
+                let machine = crate::identity::machine_type(root);
+                let firmware = crate::identity::firmware(root);
+                match crate::provision::provision(url, path, &mac, &machine, &firmware, stop) {
+                    Ok(cfg) => {
+                        crate::logging::set_level(cfg.debug);
+                        Ok(Some(cfg))
+                    }
+                    Err(crate::provision::ProvisionError::Stopped) => Ok(None),
+                    Err(e) => Err(Fatal::Other(e.to_string())),
+                }
+            }
         },
     }
 }
@@ -220,9 +242,20 @@ use crate::cli::Fatal;
 pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Signals first, so that a TERM during start-up is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
-    let cfg = initial_config(&config_path, init_url.as_deref())?;
+    let signals = std::cell::RefCell::new(signals);
+    let stop_asked = || {
+        signals
+            .borrow_mut()
+            .pending()
+            .any(|s| s == SIGTERM || s == SIGINT)
+    };
+    let Some(cfg) = initial_config(&config_path, init_url.as_deref(), &stop_asked)? else {
+        log::info!("stopped while provisioning");
+        return Ok(());
+    };
+    let mut signals = signals.into_inner();
     if cfg.insecure {
         log::warn!("insecure is on: HTTPS certificates are not verified");
     }
@@ -248,6 +281,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     );
     let link = crate::mqtt::Link::new(&cfg, &mac).map_err(Fatal::Other)?;
     let agent = Agent::new(cfg, config_path, init_url, mac);
+    crate::provision::boot(&agent);
 
     let jobs = crate::jobs::Jobs::start(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
@@ -260,6 +294,8 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     if let Err(e) = crate::collect::spawn(&agent) {
         log::error!("stats: cannot start the collector/uploader threads: {e}");
     }
+    crate::monitor::spawn(&agent)
+        .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
 
     let mut why = "signal";
     for sig in signals.forever() {

@@ -103,8 +103,19 @@ pub fn force_reboot() -> io::Error {
     io::Error::last_os_error()
 }
 
-/// The IPv4 addresses of every interface, from `getifaddrs(3)`: (interface name, address,
-/// prefix length). Used by the stats collector; IPv6 comes from `/proc/net/if_inet6`.
+/// IPv4 addresses of network interface `iface` (getifaddrs(3)), in the kernel's order.
+/// Used for `wan_ip` (SPEC §5, §6): the address of the default-route interface.
+pub fn ipv4_addrs_of(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    Ok(ipv4_addresses()?
+        .into_iter()
+        .filter(|(n, _, _)| n == iface)
+        .map(|(_, a, _)| a)
+        .collect())
+}
+
+/// The IPv4 addresses of every interface, from `getifaddrs(3)`, in the kernel's order:
+/// (interface name, address, prefix length). The stats collector lists them per interface;
+/// IPv6 comes from `/proc/net/if_inet6`.
 pub fn ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a pointer to a list it allocates into `head`.
@@ -115,36 +126,41 @@ pub fn ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr, u8)>> {
     let mut out = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
-        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, valid until
-        // freeifaddrs below; we only read it.
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, which stays
+        // valid until freeifaddrs below; its fields are read, never written.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
         if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
             continue;
         }
-        // SAFETY: ifa_addr is non-null and points to at least a sockaddr header.
-        let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
-        if family != libc::AF_INET {
+        // SAFETY: ifa_addr is non-null and points at a sockaddr of at least the family field.
+        let family = unsafe { (*ifa.ifa_addr).sa_family };
+        if i32::from(family) != libc::AF_INET {
             continue;
         }
-        // SAFETY: family AF_INET means ifa_addr points to a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        let addr = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        // SAFETY: for AF_INET the kernel stores a sockaddr_in at ifa_addr; read_unaligned
+        // does not assume the alignment of sockaddr_in.
+        let sin = unsafe { std::ptr::read_unaligned(ifa.ifa_addr as *const libc::sockaddr_in) };
         let prefix = if ifa.ifa_netmask.is_null() {
             32
         } else {
-            // SAFETY: the netmask of an AF_INET address is a sockaddr_in too.
-            let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+            // SAFETY: the netmask of an AF_INET address is a sockaddr_in as well.
+            let m =
+                unsafe { std::ptr::read_unaligned(ifa.ifa_netmask as *const libc::sockaddr_in) };
             u32::from_be(m.sin_addr.s_addr).count_ones() as u8
         };
-        // SAFETY: ifa_name is a non-null NUL-terminated string owned by the list.
+        // SAFETY: ifa_name is a non-null NUL-terminated C string owned by the list; it is
+        // copied before the list is freed.
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
             .to_string_lossy()
             .into_owned();
-        out.push((name, addr, prefix));
+        out.push((
+            name,
+            std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+            prefix,
+        ));
     }
-    // SAFETY: head came from a successful getifaddrs and is freed exactly once; no
-    // reference into the list outlives this call (names were copied).
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
@@ -162,6 +178,11 @@ mod tests {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         let (total, _, avail) = statvfs("/").unwrap();
         assert!(total > 0 && avail <= total);
+        assert_eq!(
+            ipv4_addrs_of("lo").unwrap().first(),
+            Some(&std::net::Ipv4Addr::LOCALHOST)
+        );
+        assert!(ipv4_addrs_of("no-such-if0").unwrap().is_empty());
         let v4 = ipv4_addresses().unwrap();
         assert!(v4
             .iter()

@@ -6,7 +6,7 @@
 //! one file field `data` (`data.gz`, `application/gzip`) holding the gzip of the NDJSON lines.
 //! - 2xx: the batch is deleted from the spool.
 //! - 401: the batch is kept, the cycle stops, and the hook set with [`set_on_unauthorized`]
-//!   is called (re-provisioning, SPEC §7; without a hook only a log line).
+//!   is called; `collect::spawn` installs `provision::reprovision` there (SPEC §7, with `-b`).
 //! - anything else, or no answer within 15 s: the same batch goes to `backup_stats_url` (if
 //!   set); if that fails too the records stay and the cycle stops until the next period.
 //!

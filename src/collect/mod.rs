@@ -131,6 +131,16 @@ pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
     let cfg = agent.cfg();
     let stats = crate::upload::Stats::open(&cfg);
     let stats = agent.stats.get_or_init(|| stats).clone();
+    // 401 from the stats API: re-provision with `-b` (SPEC §5, §7), on the uploader thread.
+    let weak = Arc::downgrade(agent);
+    crate::upload::set_on_unauthorized(agent, move || {
+        let Some(agent) = weak.upgrade() else { return };
+        if agent.init_url.is_none() {
+            log::warn!("stats: 401 and no -b given: records kept until the token is fixed");
+        } else if crate::provision::reprovision(&agent) {
+            log::info!("stats: re-provisioned after 401; the next upload uses the new config");
+        }
+    });
     // Records from before this start go out at once; decided before the first collection.
     let backlog = stats.cache_stats().records > 0;
     let a = agent.clone();

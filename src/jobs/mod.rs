@@ -6,6 +6,7 @@
 //! alone, and the process groups of running shell jobs (to kill them on stop).
 
 pub mod intake;
+pub mod network;
 pub mod rest;
 pub mod seen;
 pub mod shell;
@@ -199,14 +200,23 @@ impl Jobs {
             Kind::Shell | Kind::Network => {
                 let cmd = job.msg.clone().unwrap_or_default();
                 let id = job.id.clone();
-                let out = shell::run_shell_tracked(
-                    &cmd,
-                    Duration::from_secs(job.timeout),
-                    cfg.job_output_max,
-                    &|pgid| {
-                        lock(&self.running).insert(id.clone(), pgid);
-                    },
-                );
+                let run = || {
+                    shell::run_shell_tracked(
+                        &cmd,
+                        Duration::from_secs(job.timeout),
+                        cfg.job_output_max,
+                        &|pgid| {
+                            lock(&self.running).insert(id.clone(), pgid);
+                        },
+                    )
+                };
+                // Network jobs: backup, re-check and rollback around the command (SPEC §4.4).
+                let (out, network_result) = if job.kind() == Kind::Network {
+                    let (out, result) = network::run_guarded(agent, run);
+                    (out, Some(result))
+                } else {
+                    (run(), None)
+                };
                 lock(&self.running).remove(&job.id);
                 let mut m = json!({
                     "msg": out.output,
@@ -216,6 +226,9 @@ impl Jobs {
                     "duration_ms": out.duration.as_millis() as u64,
                     "truncated": out.truncated,
                 });
+                if let Some(r) = network_result {
+                    m["result"] = r;
+                }
                 if out.timed_out {
                     m["error"] = json!("timeout");
                 } else if let Some(e) = out.spawn_error {

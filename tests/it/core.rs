@@ -360,9 +360,10 @@ fn allow_list_ping_and_queue_limits() {
         .unwrap()
         .starts_with("forbidden"));
     // One running, one queued, the third is busy.
-    for i in 0..3 {
-        a.send_job(&json!({"id": format!("q{i}"), "meta": {"msg": "sleep 1"}}));
-    }
+    a.send_job(&json!({"id": "q0", "meta": {"msg": "sleep 5"}}));
+    a.send_job(&json!({"id": "q1", "meta": {"msg": "sleep 1"}}));
+    a.wait_msg(Topic::Delivery, |v| v["id"] == "q1", T);
+    a.send_job(&json!({"id": "q2", "meta": {"msg": "sleep 1"}}));
     let busy = a.answer("q2", T);
     assert_eq!(busy["event_type"], "REJECTED");
     assert!(busy["meta"]["error"].as_str().unwrap().starts_with("busy"));

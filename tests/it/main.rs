@@ -8,4 +8,5 @@ mod stats_wire;
 mod support;
 
 mod core;
+mod monitor;
 mod stats;

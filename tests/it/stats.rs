@@ -353,6 +353,42 @@ fn stats_401_keeps_records_until_authorized() {
 }
 
 #[test]
+fn stats_401_with_init_url_reprovisions_and_resumes() {
+    let b = Broker::start();
+    // The API takes only the new token; the old one gets 401.
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let acc = accepted.clone();
+    let api = HttpServer::start(move |r| {
+        if r.query().get("access_token").map(String::as_str) == Some("new-token") {
+            acc.lock().unwrap().extend(records_of(r));
+            Some((200, "{}".into()))
+        } else {
+            Some((401, "{}".into()))
+        }
+    });
+    let mut a = prepare(&b, &api.url("/v1/stats"), |c| {
+        c["token"] = json!("old-token")
+    });
+    let mut fresh = a.config();
+    fresh["token"] = json!("new-token");
+    let body = fresh.to_string();
+    let init = HttpServer::start(move |_| Some((200, body.clone())));
+    a.extra_args = vec!["-b".into(), init.url("/init")];
+    a.spawn();
+    a.wait_online(1);
+    wait_until(&a, "records delivered with the new token", |_| {
+        !accepted.lock().unwrap().is_empty()
+    });
+    assert!(!init.requests().is_empty());
+    assert_eq!(init.requests()[0].query()["mac"], a.mac);
+    assert_eq!(a.config()["token"], "new-token", "new config written");
+    let log = a.log();
+    assert!(log.contains("re-provisioned after 401"), "{log}");
+    assert!(!log.contains("old-token") && !log.contains("new-token"));
+    let _ = a.term();
+}
+
+#[test]
 fn stats_kill9_with_records_cached_then_restart_delivers() {
     let b = Broker::start();
     let api = Api::start(Some(500));
