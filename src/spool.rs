@@ -264,6 +264,15 @@ impl Spool {
         }
     }
 
+    /// Syncs the segment being appended to and the directory; returns the counters.
+    pub fn sync(&mut self) -> io::Result<SpoolStats> {
+        if let Some((_, f)) = self.active.as_ref() {
+            f.sync_all()?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(self.stats())
+    }
+
     /// Records dropped by the bound and not yet reported.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -449,6 +458,7 @@ mod tests {
             sp.append(&rec(i)).unwrap();
         }
         assert_eq!(sp.stats().records, 10);
+        assert_eq!(sp.sync().unwrap().records, 10);
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         for e in fs::read_dir(&dir).unwrap() {
             assert_eq!(e.unwrap().metadata().unwrap().mode() & 0o777, 0o600);

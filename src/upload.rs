@@ -166,6 +166,24 @@ pub fn upload_now(agent: &Agent) {
     handle(agent).trigger();
 }
 
+/// Before a reboot or stop: waits for an append in progress, then syncs the cache files and
+/// directory. Every record is already synced when appended; this only closes the window of
+/// the record being written. (With `cache_dir` on tmpfs, as `/tmp` on OpenWrt, a reboot
+/// still loses the cache: point `cache_dir` at flash to keep it across reboots.)
+pub fn flush(agent: &Agent) {
+    let s = handle(agent);
+    let mut g = s.spool();
+    match g.as_mut().map(|sp| sp.sync()) {
+        Some(Ok(st)) => log::info!(
+            "stats cache flushed: {} records ({} bytes) kept",
+            st.records,
+            st.bytes
+        ),
+        Some(Err(e)) => log::error!("stats cache flush: {e}"),
+        None => {}
+    }
+}
+
 /// `{records, bytes, dropped}` for healthz.
 pub fn cache_stats(agent: &Agent) -> SpoolStats {
     handle(agent).cache_stats()
