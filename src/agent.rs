@@ -339,6 +339,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    crate::collect::wait_stopped(&agent, deadline); // stats: finish the record being written
     phase("threads joined");
     log::info!("stopped in {:.1} s", begin.elapsed().as_secs_f32());
     Ok(())

@@ -38,6 +38,7 @@ pub struct Stats {
     cache_dir: Mutex<(PathBuf, u64)>,
     trigger: (Mutex<bool>, Condvar),
     on_unauthorized: Mutex<Option<Hook>>,
+    collector: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Stats {
@@ -49,6 +50,7 @@ impl Stats {
             cache_dir: Mutex::new((cfg.cache_dir.clone(), cfg.cache_max_bytes)),
             trigger: (Mutex::new(false), Condvar::new()),
             on_unauthorized: Mutex::new(None),
+            collector: Mutex::new(None),
         };
         drop(s.spool());
         Arc::new(s)
@@ -94,6 +96,28 @@ impl Stats {
         self.spool().as_ref().map_or(0, Spool::dropped)
     }
 
+    /// Keeps the collector thread's handle for [`Stats::join_collector`].
+    pub fn set_collector(&self, h: std::thread::JoinHandle<()>) {
+        if let Ok(mut g) = self.collector.lock() {
+            *g = Some(h);
+        }
+    }
+
+    /// Waits until the collector thread has ended, at most until `deadline`.
+    pub fn join_collector(&self, deadline: Instant) {
+        let h = self.collector.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = h {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                log::warn!("stats: the collector is still busy at the stop deadline");
+            }
+        }
+    }
+
     /// Wakes the uploader now.
     pub fn trigger(&self) {
         if let Ok(mut g) = self.trigger.0.lock() {
@@ -120,7 +144,8 @@ impl Stats {
             if now >= deadline {
                 return true;
             }
-            let step = (deadline - now).min(Duration::from_millis(250));
+            // The agent's stop does not notify this condvar: look at it once a second.
+            let step = (deadline - now).min(Duration::from_secs(1));
             g = match self.trigger.1.wait_timeout(g, step) {
                 Ok((g, _)) => g,
                 Err(_) => return !agent.wait_stop(deadline - now),

@@ -144,11 +144,22 @@ pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
     // Records from before this start go out at once; decided before the first collection.
     let backlog = stats.cache_stats().records > 0;
     let a = agent.clone();
-    std::thread::Builder::new()
+    let st = stats.clone();
+    let h = std::thread::Builder::new()
         .name("stats-collect".into())
-        .spawn(move || collector_loop(&a, &stats))?;
+        .spawn(move || collector_loop(&a, &st))?;
+    stats.set_collector(h);
     crate::upload::spawn(agent, backlog)?;
     Ok(())
+}
+
+/// Clean stop (SPEC §10, "write the cache"): after `agent.request_stop()`, waits (until
+/// `deadline`) for the collector to finish the record it may be writing, then flushes.
+pub fn wait_stopped(agent: &Agent, deadline: std::time::Instant) {
+    if let Some(stats) = agent.stats.get() {
+        stats.join_collector(deadline);
+        crate::upload::flush(agent);
+    }
 }
 
 fn collector_loop(agent: &Arc<Agent>, stats: &Arc<crate::upload::Stats>) {
