@@ -45,6 +45,8 @@ pub struct Agent {
     /// Stats spool and upload trigger (issue 3; `crate::upload::handle` creates it on first
     /// use): healthz reads the cache counters, USR1 calls `crate::upload::upload_now`.
     pub stats: OnceLock<Arc<crate::upload::Stats>>,
+    /// Process control (issue 5): processes started by jobs, supervised services, heartbeats.
+    pub control: crate::procs::Control,
     /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
     pub monitor: crate::monitor::Shared,
 }
@@ -68,6 +70,7 @@ impl Agent {
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
             stats: OnceLock::new(),
+            control: crate::procs::Control::default(),
             monitor: crate::monitor::Shared::default(),
         })
     }
@@ -285,7 +288,9 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
 
     let jobs = crate::jobs::Jobs::start(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
-    jobs.answer_unfinished(&agent, None);
+    // A pending self-update's job is answered by selfupdate::on_start, not as interrupted.
+    let pending_update = crate::selfupdate::pending_job_id(&agent.cfg().state_dir);
+    jobs.answer_unfinished(&agent, pending_update.as_deref());
     let (link_thread, out_thread) = link
         .spawn(&agent, jobs.clone())
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
@@ -294,8 +299,11 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     if let Err(e) = crate::collect::spawn(&agent) {
         log::error!("stats: cannot start the collector/uploader threads: {e}");
     }
+    crate::supervisor::spawn(&agent);
+    crate::watchdog::spawn(&agent);
     crate::monitor::spawn(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
+    crate::selfupdate::on_start(&agent, &jobs);
 
     let mut why = "signal";
     for sig in signals.forever() {
@@ -325,6 +333,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     jobs.stop(deadline - Duration::from_secs(3));
     phase("jobs stopped");
     // --- subsystems stop ---
+    crate::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
     while !agent.outbox.is_empty()
         && agent.is_connected()
         && Instant::now() < deadline - Duration::from_secs(2)

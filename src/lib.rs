@@ -8,19 +8,26 @@ pub mod backoff;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod daemons;
 pub mod events;
+pub mod healthz;
 pub mod http;
 pub mod identity;
 pub mod jobs;
 pub mod logging;
 pub mod monitor;
 pub mod mqtt;
+pub mod procs;
 pub mod provision;
 pub mod recovery;
+pub mod selfupdate;
 pub mod spool;
 pub mod state;
+pub mod supervisor;
 pub mod sys;
+pub mod update;
 pub mod upload;
+pub mod watchdog;
 
 /// `socketman <semver> (<git sha or "unknown">)`, as `--version` prints it.
 pub fn version_line() -> String {

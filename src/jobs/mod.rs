@@ -242,14 +242,21 @@ impl Jobs {
                 }
                 m
             }
-            Kind::Typed => match typed::run(agent, &job.ty, &job.args) {
+            Kind::Typed => match typed::run_job(agent, &job.id, &job.ty, &job.args) {
                 Ok(result) => {
                     let (msg, truncated) = cut(&result.to_string(), cfg.job_output_max);
                     json!({"msg": msg, "type": job.ty, "success": true, "exit_code": 0,
                            "duration_ms": started.elapsed().as_millis() as u64, "truncated": truncated, "result": result})
                 }
-                Err(e) => json!({"msg": e, "type": job.ty, "success": false, "exit_code": 1,
-                                 "duration_ms": started.elapsed().as_millis() as u64, "truncated": false, "error": e}),
+                Err(typed::Failure { error: e, result }) => {
+                    let mut m = json!({"msg": e, "type": job.ty, "success": false, "exit_code": 1,
+                                 "duration_ms": started.elapsed().as_millis() as u64, "truncated": false, "error": e});
+                    // A failure with a result to report anyway (issue 6: rolled-back update).
+                    if let Some(r) = result {
+                        m["result"] = r;
+                    }
+                    m
+                }
             },
         };
         log::info!(

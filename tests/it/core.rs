@@ -360,7 +360,14 @@ fn allow_list_ping_and_queue_limits() {
         .unwrap()
         .starts_with("forbidden"));
     // One running, one queued, the third is busy.
-    a.send_job(&json!({"id": "q0", "meta": {"msg": "sleep 5"}}));
+    let started = a.dir.path().join("q0-started");
+    a.send_job(
+        &json!({"id": "q0", "meta": {"msg": format!("touch {}; sleep 5", started.display())}}),
+    );
+    let end = Instant::now() + T;
+    while !started.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     a.send_job(&json!({"id": "q1", "meta": {"msg": "sleep 1"}}));
     a.wait_msg(Topic::Delivery, |v| v["id"] == "q1", T);
     a.send_job(&json!({"id": "q2", "meta": {"msg": "sleep 1"}}));

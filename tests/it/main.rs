@@ -9,4 +9,6 @@ mod support;
 
 mod core;
 mod monitor;
+mod procs;
 mod stats;
+mod update;

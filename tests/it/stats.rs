@@ -555,6 +555,19 @@ fn stats_usr1_uploads_now_and_cmd_bodies_are_ignored() {
 }
 
 #[test]
+fn healthz_reports_the_cache() {
+    let b = Broker::start();
+    let dead = dead_url();
+    let a = start(&b, &dead, |_| {});
+    wait_until(&a, "3 records cached", |a| spooled(a) >= 3);
+    let h = a.job("healthz", json!({}));
+    let c = &h["meta"]["result"]["meta"]["cache"];
+    assert!(c["records"].as_u64().unwrap() >= 3, "{h}");
+    assert!(c["bytes"].as_u64().unwrap() > 1000, "{h}");
+    assert_eq!(c["dropped"], 0);
+}
+
+#[test]
 fn stats_job_returns_a_fresh_record() {
     let b = Broker::start();
     let a = Agent::start(&b, |_| {});

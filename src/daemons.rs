@@ -1,0 +1,467 @@
+//! `daemon.*` typed jobs (SPEC §4.5): the system's own services, driven through init scripts
+//! in `init_dir` (`initd`, as on OpenWrt) or through `systemctl` (`systemd`).
+//!
+//! initd: actions are `<init_dir>/<name> start|stop|restart|reload|enable|disable`; the status
+//! is `<init_dir>/<name> running` (exit 0 = running, the OpenWrt procd verb), and when that
+//! does not say running, `<init_dir>/<name> status` (exit 0 = running, anything else =
+//! stopped); `enabled` is the exit code of `<init_dir>/<name> enabled` (OpenWrt `rc.common`);
+//! `pid` comes from `/var/run/<name>.pid` when it names a live process, else from the first
+//! process whose command name is `<name>`, else null.
+//! systemd: `systemctl is-active`, `is-enabled`, `show -p MainPID --value`, `list-units`.
+//!
+//! Threads: runs in the job worker that calls [`run`] (and healthz). Every command runs with a
+//! timeout ([`CMD_TIMEOUT`]) in its own process group, killed as a group when it overruns.
+#![forbid(unsafe_code)]
+
+use crate::agent::Agent;
+use crate::config::{Config, ServiceManager};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Limit for one init script or systemctl call.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Limit for status queries (healthz, list).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Output of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    /// `None` when killed by a signal or on timeout.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub timed_out: bool,
+}
+
+/// Runs `program args` in its own process group with a timeout. `capture`: read stdout (only
+/// for queries: an init script's `start` leaves daemons holding any pipe it is given).
+pub fn run_program(
+    program: &Path,
+    args: &[&str],
+    timeout: Duration,
+    capture: bool,
+) -> Result<Ran, String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    cmd.stdout(if capture {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::thread::Builder::new()
+            .name("daemon-out".into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                let _ = (&mut out).take(64 * 1024).read_to_end(&mut buf);
+                let _ = tx.send(buf);
+            });
+    }
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) => {}
+            Err(e) => return Err(format!("wait for {}: {e}", program.display())),
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "{} {} timed out after {timeout:?}, killing it",
+                program.display(),
+                args.join(" ")
+            );
+            let _ = crate::sys::kill_group(pid, libc::SIGKILL);
+            let _ = child.wait();
+            timed_out = true;
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A daemon that inherited the pipe may keep it open: wait briefly, never for it to end.
+    let stdout = if capture {
+        rx.recv_timeout(Duration::from_millis(500))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Ran {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        timed_out,
+    })
+}
+
+/// The manager in use: `auto` is systemd when `/run/systemd/system` exists.
+pub fn manager(cfg: &Config) -> ServiceManager {
+    match cfg.service_manager {
+        ServiceManager::Auto => {
+            if Path::new("/run/systemd/system").is_dir() {
+                ServiceManager::Systemd
+            } else {
+                ServiceManager::Initd
+            }
+        }
+        m => m,
+    }
+}
+
+/// Refuses names with `/` or `..`, empty ones, and names outside `daemons` when set.
+pub fn check_name(cfg: &Config, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('/') || name.contains("..") || name.starts_with('-') {
+        return Err(format!("forbidden: daemon name {name:?}"));
+    }
+    if let Some(allowed) = &cfg.daemons {
+        let base = name.strip_suffix(".service").unwrap_or(name);
+        if !allowed
+            .iter()
+            .any(|a| a == name || a.strip_suffix(".service").unwrap_or(a) == base)
+        {
+            return Err(format!("forbidden: daemon {name} is not in \"daemons\""));
+        }
+    }
+    Ok(())
+}
+
+fn script(cfg: &Config, name: &str) -> Result<PathBuf, String> {
+    let p = Path::new(&cfg.init_dir).join(name);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(p),
+        _ => Err(format!(
+            "no such daemon: {name} ({} not found)",
+            p.display()
+        )),
+    }
+}
+
+const SYSTEMCTL: &str = "systemctl";
+
+fn systemctl(args: &[&str], timeout: Duration, capture: bool) -> Result<Ran, String> {
+    run_program(Path::new(SYSTEMCTL), args, timeout, capture)
+}
+
+/// initd status: `running` (exit 0), else `status` (exit 0 = running, other = stopped).
+fn initd_status(p: &Path) -> &'static str {
+    match run_program(p, &["running"], QUERY_TIMEOUT, false) {
+        Ok(r) if r.code == Some(0) => return "running",
+        Ok(_) => {}
+        Err(e) => {
+            log::warn!("{e}");
+            return "unknown";
+        }
+    }
+    match run_program(p, &["status"], QUERY_TIMEOUT, false) {
+        Ok(r) if r.code == Some(0) => "running",
+        Ok(r) if r.timed_out => "unknown",
+        Ok(_) => "stopped",
+        Err(_) => "unknown",
+    }
+}
+
+/// `systemctl is-active` word → SPEC status.
+pub fn systemd_status_word(word: &str) -> &'static str {
+    match word.trim() {
+        "active" | "reloading" => "running",
+        "inactive" | "failed" | "deactivating" => "stopped",
+        "activating" => "starting",
+        _ => "unknown",
+    }
+}
+
+fn status_of(cfg: &Config, name: &str) -> Result<&'static str, String> {
+    match manager(cfg) {
+        ServiceManager::Systemd => {
+            let r = systemctl(&["is-active", name], QUERY_TIMEOUT, true)?;
+            Ok(systemd_status_word(&r.stdout))
+        }
+        _ => Ok(initd_status(&script(cfg, name)?)),
+    }
+}
+
+/// Unit names (`x.service`) and their status from `systemctl list-units` output
+/// (`--no-legend --plain`: `UNIT LOAD ACTIVE SUB DESCRIPTION…`).
+pub fn parse_list_units(text: &str) -> Vec<(String, &'static str)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let mut unit = it.next()?;
+            // Older systemctl prefixes failed units with a bullet even with --plain.
+            if unit == "●" || unit == "*" {
+                unit = it.next()?;
+            }
+            let _load = it.next()?;
+            let active = it.next()?;
+            unit.ends_with(".service")
+                .then(|| (unit.to_string(), systemd_status_word(active)))
+        })
+        .collect()
+}
+
+/// `{"daemons":[{"name","status"}]}`.
+pub fn list(cfg: &Config) -> Result<Value, String> {
+    let mut out = Vec::new();
+    match manager(cfg) {
+        ServiceManager::Systemd => {
+            let r = systemctl(
+                &[
+                    "list-units",
+                    "--type=service",
+                    "--all",
+                    "--no-legend",
+                    "--plain",
+                    "--no-pager",
+                ],
+                CMD_TIMEOUT,
+                true,
+            )?;
+            for (name, status) in parse_list_units(&r.stdout) {
+                if check_name(cfg, &name).is_ok() {
+                    out.push(json!({"name": name, "status": status}));
+                }
+            }
+        }
+        _ => {
+            let rd = std::fs::read_dir(&cfg.init_dir)
+                .map_err(|e| format!("cannot read init_dir {}: {e}", cfg.init_dir))?;
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| check_name(cfg, n).is_ok() && script(cfg, n).is_ok())
+                .collect();
+            names.sort();
+            for n in names {
+                let status = script(cfg, &n)
+                    .map(|p| initd_status(&p))
+                    .unwrap_or("unknown");
+                out.push(json!({"name": n, "status": status}));
+            }
+        }
+    }
+    Ok(json!({ "daemons": out }))
+}
+
+fn pid_of(cfg: &Config, name: &str) -> Option<i32> {
+    if manager(cfg) == ServiceManager::Systemd {
+        let r = systemctl(
+            &["show", "-p", "MainPID", "--value", name],
+            QUERY_TIMEOUT,
+            true,
+        )
+        .ok()?;
+        return r.stdout.trim().parse::<i32>().ok().filter(|p| *p > 0);
+    }
+    if let Ok(t) = std::fs::read_to_string(format!("/var/run/{name}.pid")) {
+        if let Ok(p) = t.trim().parse::<i32>() {
+            if crate::procs::alive(p) {
+                return Some(p);
+            }
+        }
+    }
+    crate::procs::pids_named(name).into_iter().next()
+}
+
+/// `{"name","status","enabled","pid"}`.
+pub fn info(cfg: &Config, name: &str) -> Result<Value, String> {
+    check_name(cfg, name)?;
+    let status = status_of(cfg, name)?;
+    let enabled = match manager(cfg) {
+        ServiceManager::Systemd => {
+            let r = systemctl(&["is-enabled", name], QUERY_TIMEOUT, true)?;
+            r.stdout.trim() == "enabled"
+        }
+        _ => run_program(&script(cfg, name)?, &["enabled"], QUERY_TIMEOUT, false)?.code == Some(0),
+    };
+    let pid = if status == "running" {
+        pid_of(cfg, name)
+    } else {
+        None
+    };
+    Ok(json!({"name": name, "status": status, "enabled": enabled, "pid": pid}))
+}
+
+/// Runs `action` on daemon `name`; answers `{"name","status"}` after it.
+pub fn act(cfg: &Config, name: &str, action: &str) -> Result<Value, String> {
+    check_name(cfg, name)?;
+    let r = match manager(cfg) {
+        ServiceManager::Systemd => systemctl(&[action, name], CMD_TIMEOUT, false)?,
+        _ => run_program(&script(cfg, name)?, &[action], CMD_TIMEOUT, false)?,
+    };
+    if r.timed_out {
+        return Err(format!(
+            "daemon {name} {action}: timeout after {CMD_TIMEOUT:?}"
+        ));
+    }
+    if r.code != Some(0) {
+        return Err(match r.code {
+            Some(c) => format!("daemon {name} {action} failed with exit code {c}"),
+            None => format!("daemon {name} {action} was killed by a signal"),
+        });
+    }
+    log::info!("daemon {name}: {action} done");
+    Ok(json!({"name": name, "status": status_of(cfg, name)?}))
+}
+
+/// Job types of this module.
+pub const TYPES: &[&str] = &[
+    "daemon.list",
+    "daemon.info",
+    "daemon.start",
+    "daemon.stop",
+    "daemon.restart",
+    "daemon.reload",
+    "daemon.enable",
+    "daemon.disable",
+];
+
+/// Runs one `daemon.*` job.
+pub fn run(agent: &Agent, ty: &str, args: &Value) -> Result<Value, String> {
+    let cfg = agent.cfg();
+    if ty == "daemon.list" {
+        return list(&cfg);
+    }
+    let name = crate::procs::arg_str(args, "name")?;
+    match ty {
+        "daemon.info" => info(&cfg, name),
+        _ => match ty.strip_prefix("daemon.") {
+            Some(a @ ("start" | "stop" | "restart" | "reload" | "enable" | "disable")) => {
+                act(&cfg, name, a)
+            }
+            _ => Err(format!("unknown_type: {ty}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg_with(dir: &Path, daemons: Option<Vec<&str>>) -> Config {
+        Config {
+            init_dir: dir.to_string_lossy().into_owned(),
+            service_manager: ServiceManager::Initd,
+            daemons: daemons.map(|d| d.into_iter().map(String::from).collect()),
+            ..Config::default()
+        }
+    }
+
+    fn write_script(dir: &Path, name: &str, body: &str) {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let all = cfg_with(d.path(), None);
+        assert!(check_name(&all, "dnsmasq").is_ok());
+        for bad in ["../x", "a/b", "..", "", "-x"] {
+            assert!(
+                check_name(&all, bad).unwrap_err().starts_with("forbidden:"),
+                "{bad}"
+            );
+        }
+        let some = cfg_with(d.path(), Some(vec!["ok", "web.service"]));
+        assert!(check_name(&some, "ok").is_ok());
+        assert!(check_name(&some, "web").is_ok());
+        assert!(check_name(&some, "ok.service").is_ok());
+        assert!(check_name(&some, "other")
+            .unwrap_err()
+            .starts_with("forbidden:"));
+    }
+
+    #[test]
+    fn initd_scripts() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let s = state.display();
+        // A fake procd-style script: state in a file.
+        let body = format!(
+            "case \"$1\" in\n start) touch {s};;\n stop) rm -f {s};;\n running) test -e {s};;\n enabled) test -e {s}.en;;\n enable) touch {s}.en;;\n disable) rm -f {s}.en;;\n reload) exit 3;;\n *) exit 1;;\nesac"
+        );
+        let init = d.path().join("init");
+        std::fs::create_dir(&init).unwrap();
+        write_script(&init, "svc", &body);
+        // Only `status` (LSB style).
+        write_script(
+            &init,
+            "old",
+            "case \"$1\" in status) exit 0;; *) exit 1;; esac",
+        );
+        std::fs::write(init.join("notexec"), "x").unwrap();
+        let cfg = cfg_with(&init, None);
+        assert_eq!(
+            list(&cfg).unwrap(),
+            json!({"daemons":[{"name":"old","status":"running"},{"name":"svc","status":"stopped"}]})
+        );
+        assert_eq!(
+            act(&cfg, "svc", "start").unwrap(),
+            json!({"name":"svc","status":"running"})
+        );
+        assert_eq!(info(&cfg, "svc").unwrap()["enabled"], false);
+        act(&cfg, "svc", "enable").unwrap();
+        assert_eq!(info(&cfg, "svc").unwrap()["enabled"], true);
+        assert!(act(&cfg, "svc", "reload")
+            .unwrap_err()
+            .contains("exit code 3"));
+        assert_eq!(act(&cfg, "svc", "stop").unwrap()["status"], "stopped");
+        assert!(info(&cfg, "nope")
+            .unwrap_err()
+            .starts_with("no such daemon"));
+        assert!(info(&cfg, "notexec").is_err());
+        let only = cfg_with(&init, Some(vec!["old"]));
+        assert_eq!(list(&only).unwrap()["daemons"].as_array().unwrap().len(), 1);
+        assert!(act(&only, "svc", "start")
+            .unwrap_err()
+            .starts_with("forbidden:"));
+    }
+
+    #[test]
+    fn timeout_kills_the_group() {
+        let t0 = Instant::now();
+        let r = run_program(
+            Path::new("/bin/sh"),
+            &["-c", "sleep 30 & sleep 30"],
+            Duration::from_millis(300),
+            true,
+        )
+        .unwrap();
+        assert!(r.timed_out);
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn capture_does_not_wait_for_inheriting_children() {
+        let t0 = Instant::now();
+        let r = run_program(
+            Path::new("/bin/sh"),
+            &["-c", "echo hi; (sleep 5 &) ; exit 0"],
+            Duration::from_secs(10),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.code, Some(0));
+        assert!(t0.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn systemd_words() {
+        assert_eq!(systemd_status_word("active\n"), "running");
+        assert_eq!(systemd_status_word("failed"), "stopped");
+        assert_eq!(systemd_status_word("activating"), "starting");
+        assert_eq!(systemd_status_word("weird"), "unknown");
+    }
+}

@@ -1,0 +1,300 @@
+//! The `healthz` status document (SPEC §4.7) and the `usage` job (disks and memory).
+//!
+//! Everything comes from real state: the supervisor's table, the watchdog's heartbeats, the
+//! MQTT link flag, the monitor's last connectivity check, `iw dev`. A part this build does not
+//! know (no wireless client interface; no stats cache before the collector runs) is left out,
+//! never made up. `meta.cache` is the stats spool's `{records, bytes, dropped}`.
+//! `daemons` is filled only when `daemons` is configured (one init script call per daemon is
+//! cheap for a short allow-list, too slow for a whole `init_dir`).
+//!
+//! Threads: runs in the job worker that calls it.
+#![forbid(unsafe_code)]
+
+use crate::agent::Agent;
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Wireless client state from `iw dev` output: `None` without a managed (station) interface;
+/// else connected when one has an `ssid` line, with that ESSID.
+pub fn parse_iw_dev_wifi(text: &str) -> Option<(bool, Option<String>)> {
+    let mut managed = false;
+    let mut found: Option<String> = None;
+    let mut cur_ssid: Option<String> = None;
+    let mut cur_managed = false;
+    let mut flush = |ssid: &mut Option<String>, m: &mut bool| {
+        if *m {
+            managed = true;
+            if found.is_none() {
+                found = ssid.take();
+            }
+        }
+        *ssid = None;
+        *m = false;
+    };
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("Interface ") || l.starts_with("phy#") {
+            flush(&mut cur_ssid, &mut cur_managed);
+        } else if let Some(s) = l.strip_prefix("ssid ") {
+            cur_ssid = Some(s.to_string());
+        } else if l == "type managed" {
+            cur_managed = true;
+        }
+    }
+    flush(&mut cur_ssid, &mut cur_managed);
+    managed.then(|| (found.is_some(), found))
+}
+
+fn wifi_status() -> Option<Value> {
+    let r = crate::daemons::run_program(Path::new("iw"), &["dev"], Duration::from_secs(5), true)
+        .ok()?;
+    if r.code != Some(0) {
+        return None;
+    }
+    let (connected, essid) = parse_iw_dev_wifi(&r.stdout)?;
+    let mut m = Map::new();
+    m.insert("is_connected".into(), json!(connected));
+    if let Some(e) = essid {
+        m.insert("essid".into(), json!(e));
+    }
+    Some(Value::Object(m))
+}
+
+/// The healthz document.
+pub fn healthz(agent: &Agent) -> Value {
+    let cfg = agent.cfg();
+    let mut data = Map::new();
+    data.insert("services".into(), json!(crate::supervisor::entries(agent)));
+    if cfg.daemons.is_some() {
+        match crate::daemons::list(&cfg) {
+            Ok(v) => {
+                data.insert("daemons".into(), v["daemons"].clone());
+            }
+            Err(e) => log::warn!("healthz: daemons left out: {e}"),
+        }
+    }
+    data.insert("heartbeats".into(), json!(agent.control.watchdog.entries()));
+
+    let mut meta = Map::new();
+    meta.insert(
+        "agent".into(),
+        json!({"version": crate::VERSION, "uptime": agent.uptime()}),
+    );
+    meta.insert(
+        "mqtt_status".into(),
+        json!({"is_connected": agent.is_connected()}),
+    );
+    let net = agent.net.lock().map(|n| n.clone()).unwrap_or_default();
+    meta.insert(
+        "network".into(),
+        json!({
+            "status": net.code,
+            "online": net.code.map(|c| c > 1),
+            "wan_ip": net.wan_ip,
+            "wan_gateway": net.wan_gateway,
+        }),
+    );
+    if let Some(w) = wifi_status() {
+        meta.insert("wifi_status".into(), w);
+    }
+    if let Some(stats) = agent.stats.get() {
+        let c = stats.cache_stats();
+        meta.insert(
+            "cache".into(),
+            json!({"records": c.records, "bytes": c.bytes, "dropped": c.dropped}),
+        );
+    }
+    meta.insert(
+        "watchdog".into(),
+        json!({
+            "port": (cfg.watchdog_port != 0).then_some(cfg.watchdog_port),
+            "beats": agent.control.watchdog.beats.load(Ordering::Relaxed),
+            "malformed": agent.control.watchdog.malformed.load(Ordering::Relaxed),
+        }),
+    );
+    json!({"data": data, "meta": meta})
+}
+
+/// `(total, free, available)` bytes from a `/proc/meminfo` text. Kernels before 3.14 have no
+/// `MemAvailable`; there it is estimated as `MemFree + Buffers + Cached`, as `free` does.
+pub fn parse_meminfo(text: &str) -> Option<(u64, u64, u64)> {
+    let kb = |k| crate::procs::kb_value(text, k);
+    let total = kb("MemTotal")?;
+    let free = kb("MemFree")?;
+    let avail = kb("MemAvailable")
+        .unwrap_or_else(|| free + kb("Buffers").unwrap_or(0) + kb("Cached").unwrap_or(0));
+    Some((total, free, avail))
+}
+
+/// Filesystems worth reporting from a `/proc/mounts` text: block devices, overlay, tmpfs,
+/// ubifs/jffs2/squashfs (OpenWrt flash). Pseudo filesystems (proc, sysfs, cgroup, devpts…)
+/// are skipped, and each mount point is listed once.
+pub fn parse_mounts(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut devices: Vec<&str> = Vec::new();
+    for l in text.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(dev), Some(mnt), Some(fs)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let keep = dev.starts_with('/')
+            || matches!(
+                fs,
+                "overlay"
+                    | "tmpfs"
+                    | "ubifs"
+                    | "jffs2"
+                    | "squashfs"
+                    | "ext4"
+                    | "ext3"
+                    | "ext2"
+                    | "f2fs"
+                    | "btrfs"
+                    | "xfs"
+                    | "vfat"
+            );
+        // Octal escapes of /proc/mounts (\040 for a space).
+        let mnt = unescape_mount(mnt);
+        // A block device mounted twice (bind mounts) is one disk: the first mount stands for it.
+        let seen_device = dev.starts_with('/') && devices.contains(&dev);
+        if keep
+            && !seen_device
+            && !out.contains(&mnt)
+            && !mnt.starts_with("/proc")
+            && !mnt.starts_with("/sys")
+        {
+            if dev.starts_with('/') {
+                devices.push(dev);
+            }
+            out.push(mnt);
+        }
+    }
+    out
+}
+
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `{"disks":[{"mount","total","used","free"}],"memory":{"total","free","available"}}`.
+pub fn usage() -> Result<Value, String> {
+    let mounts = std::fs::read_to_string("/proc/mounts")
+        .map_err(|e| format!("cannot read /proc/mounts: {e}"))?;
+    let disks: Vec<Value> = parse_mounts(&mounts)
+        .into_iter()
+        .filter_map(|m| {
+            let (total, free_root, avail) = crate::sys::statvfs(&m).ok()?;
+            (total > 0).then(|| {
+                json!({"mount": m, "total": total, "used": total.saturating_sub(free_root), "free": avail})
+            })
+        })
+        .collect();
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+    let (total, free, available) = parse_meminfo(&meminfo).ok_or("cannot parse /proc/meminfo")?;
+    Ok(json!({
+        "disks": disks,
+        "memory": {"total": total, "free": free, "available": available},
+    }))
+}
+
+/// Job types of this module.
+pub const TYPES: &[&str] = &["healthz", "usage"];
+
+/// Runs `healthz` or `usage`.
+pub fn run(agent: &Agent, ty: &str) -> Result<Value, String> {
+    match ty {
+        "healthz" => Ok(healthz(agent)),
+        "usage" => usage(),
+        other => Err(format!("unknown_type: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn iw_dev_wifi() {
+        // Station interface, not associated.
+        assert_eq!(
+            parse_iw_dev_wifi(&fixture("iw-dev-info-lede-managed-idle.txt")),
+            Some((false, None))
+        );
+        // Access points only: no client state to report.
+        assert_eq!(
+            parse_iw_dev_wifi(&fixture("iw-dev-openwrt-ath10k-qca6174.txt")),
+            None
+        );
+        assert_eq!(
+            parse_iw_dev_wifi(&fixture("iw-dev-openwrt-3radio-ath10k.txt")),
+            None
+        );
+        assert_eq!(parse_iw_dev_wifi(""), None);
+    }
+
+    #[test]
+    fn meminfo() {
+        let (t, f, a) = parse_meminfo(&fixture("proc-meminfo-linux-x86_64-procfs.txt")).unwrap();
+        assert!(t > 0 && f <= t && a <= t && a >= f);
+        // 2.6 kernel without MemAvailable: free + buffers + cached.
+        assert_eq!(
+            parse_meminfo(&fixture("proc-meminfo-openwrt-wrt610n-2.6.txt")),
+            Some((62336 * 1024, 54104 * 1024, (54104 + 944 + 3304) * 1024))
+        );
+        assert_eq!(parse_meminfo("garbage"), None);
+    }
+
+    #[test]
+    fn mounts_of_this_machine() {
+        // Captured from this machine at test time.
+        let text = std::fs::read_to_string("/proc/mounts").unwrap();
+        let m = parse_mounts(&text);
+        assert!(m.contains(&"/".to_string()), "{m:?}");
+        assert!(!m
+            .iter()
+            .any(|x| x.starts_with("/proc") || x.starts_with("/sys")));
+        let u = usage().unwrap();
+        let root = u["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["mount"] == "/")
+            .unwrap();
+        assert!(root["total"].as_u64().unwrap() >= root["used"].as_u64().unwrap());
+        assert!(u["memory"]["total"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn mount_escapes() {
+        assert_eq!(unescape_mount("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mount("/x\\"), "/x\\");
+    }
+}

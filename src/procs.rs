@@ -1,0 +1,798 @@
+//! `process.*` typed jobs (SPEC §4.4) and the `/proc` readers they share with `daemon.info`
+//! and the watchdog.
+//!
+//! Owns [`Control`], the one field of `Agent` (`agent.control`) that holds the state of the
+//! process-control subsystems: the registry of processes started by `process.start`
+//! ([`Registry`]), the supervisor's services and the watchdog's heartbeat table.
+//!
+//! Threads: the job workers call [`run`]; every process started by `process.start` gets a
+//! small `reaper` thread that blocks in `wait()` and records the exit status in the registry,
+//! so exit codes are known and no zombie is left.
+#![forbid(unsafe_code)]
+
+use crate::agent::Agent;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The state of process control shared by job workers, the supervisor and the watchdog.
+#[derive(Default)]
+pub struct Control {
+    /// Processes started by `process.start`.
+    pub children: Arc<Registry>,
+    /// The supervisor's services (SPEC §8.1).
+    pub services: crate::supervisor::Services,
+    /// The watchdog's heartbeat table (SPEC §8.2).
+    pub watchdog: crate::watchdog::Shared,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+}
+
+impl Exit {
+    pub fn from_status(st: ExitStatus) -> Exit {
+        Exit {
+            code: st.code(),
+            signal: st.signal(),
+        }
+    }
+}
+
+/// Exited entries kept for `process.status` beyond this are forgotten, oldest first.
+const MAX_EXITED: usize = 256;
+
+#[derive(Debug)]
+struct Started {
+    exit: Option<Exit>,
+    /// Order of exit, for trimming.
+    exited_seq: u64,
+}
+
+/// Processes started by `process.start`, by pid; the reaper threads fill in exits.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    procs: HashMap<i32, Started>,
+    seq: u64,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn add(&self, pid: i32) {
+        self.lock().procs.insert(
+            pid,
+            Started {
+                exit: None,
+                exited_seq: 0,
+            },
+        );
+    }
+
+    fn set_exit(&self, pid: i32, exit: Exit) {
+        let mut g = self.lock();
+        g.seq += 1;
+        let seq = g.seq;
+        if let Some(s) = g.procs.get_mut(&pid) {
+            s.exit = Some(exit);
+            s.exited_seq = seq;
+        }
+        let exited = g.procs.values().filter(|s| s.exit.is_some()).count();
+        if exited > MAX_EXITED {
+            if let Some(oldest) = g
+                .procs
+                .iter()
+                .filter(|(_, s)| s.exit.is_some())
+                .min_by_key(|(_, s)| s.exited_seq)
+                .map(|(p, _)| *p)
+            {
+                g.procs.remove(&oldest);
+            }
+        }
+        drop(g);
+        self.changed.notify_all();
+    }
+
+    /// `None`: not started by us. `Some(None)`: still running. `Some(Some(exit))`: ended.
+    pub fn get(&self, pid: i32) -> Option<Option<Exit>> {
+        self.lock().procs.get(&pid).map(|s| s.exit)
+    }
+
+    /// Pids started by us that are still running, ascending.
+    pub fn running(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .lock()
+            .procs
+            .iter()
+            .filter(|(_, s)| s.exit.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Waits up to `d` for `pid` (one of ours) to end.
+    fn wait_exit(&self, pid: i32, d: Duration) -> Option<Exit> {
+        let deadline = Instant::now() + d;
+        let mut g = self.lock();
+        loop {
+            if let Some(Some(e)) = g.procs.get(&pid).map(|s| s.exit) {
+                return Some(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = match self.changed.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc readers
+
+/// The fields of `/proc/<pid>/stat` socketman uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    /// In clock ticks.
+    pub utime: u64,
+    pub stime: u64,
+    /// Clock ticks after boot.
+    pub starttime: u64,
+    /// Resident pages.
+    pub rss_pages: u64,
+}
+
+/// Parses the text of `/proc/<pid>/stat`. The command name sits in parentheses and may itself
+/// contain spaces and parentheses, so it runs from the first `(` to the LAST `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let pid: i32 = text[..open].trim().parse().ok()?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // rest[0] is field 3 (state); field n is rest[n - 3].
+    let field = |n: usize| -> Option<&str> { rest.get(n - 3).copied() };
+    let num = |n: usize| -> Option<u64> { field(n)?.parse().ok() };
+    Some(Stat {
+        pid,
+        comm,
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        utime: num(14)?,
+        stime: num(15)?,
+        starttime: num(22)?,
+        // rss can be negative in theory for kernel threads' accounting quirks; treat as 0.
+        rss_pages: field(24)?.parse::<i64>().ok()?.max(0) as u64,
+    })
+}
+
+/// Value of `key` in a `/proc/<pid>/status`-style text (`Key:\tvalue`).
+pub fn status_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim())
+    })
+}
+
+/// Real uid from a `/proc/<pid>/status` text.
+pub fn status_uid(text: &str) -> Option<u32> {
+    status_value(text, "Uid")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A `kB` value of a `/proc/<pid>/status` or `/proc/meminfo` text, in bytes.
+pub fn kb_value(text: &str, key: &str) -> Option<u64> {
+    let v = status_value(text, key)?;
+    let n: u64 = v.split_whitespace().next()?.parse().ok()?;
+    Some(n * 1024)
+}
+
+/// `btime` (boot time, Unix seconds) from `/proc/stat`.
+pub fn parse_btime(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// uid → user name from an `/etc/passwd` text.
+pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split(':');
+            let name = it.next()?;
+            let _pw = it.next()?;
+            let uid: u32 = it.next()?.parse().ok()?;
+            Some((uid, name.to_string()))
+        })
+        .collect()
+}
+
+fn boot_time() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| parse_btime(&t))
+        .unwrap_or(0)
+}
+
+fn users() -> HashMap<u32, String> {
+    std::fs::read_to_string("/etc/passwd")
+        .map(|t| parse_passwd(&t))
+        .unwrap_or_default()
+}
+
+fn user_of(users: &HashMap<u32, String>, uid: u32) -> String {
+    users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+}
+
+/// Reads `/proc/<pid>/stat`. `Err` is the job error (`no such pid: N`, `permission denied`).
+pub fn read_stat(pid: i32) -> Result<Stat, String> {
+    let path = format!("/proc/{pid}/stat");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => parse_stat(&t).ok_or_else(|| format!("cannot parse {path}")),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err("permission denied".into())
+        }
+        Err(_) => Err(format!("no such pid: {pid}")),
+    }
+}
+
+/// Pids of every process in `/proc`, ascending.
+pub fn all_pids() -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    pid > 0 && matches!(read_stat(pid), Ok(s) if s.state != 'Z' && s.state != 'X')
+}
+
+/// Pids of processes whose command name is `name` (the first 15 bytes, as the kernel keeps).
+pub fn pids_named(name: &str) -> Vec<i32> {
+    let short: String = name.chars().take(15).collect();
+    all_pids()
+        .into_iter()
+        .filter(|p| matches!(read_stat(*p), Ok(s) if s.comm == short && s.state != 'Z'))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Arguments
+
+/// `args[key]` as a pid (a positive integer).
+pub fn arg_pid(args: &Value, key: &str) -> Result<i32, String> {
+    match args.get(key) {
+        None | Some(Value::Null) => Err(format!("missing \"{key}\"")),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| *n > 0 && *n <= i64::from(i32::MAX))
+            .map(|n| n as i32)
+            .ok_or_else(|| format!("\"{key}\" must be a positive integer, found {v}")),
+    }
+}
+
+/// `args[key]` as a string.
+pub fn arg_str<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
+    match args.get(key) {
+        None | Some(Value::Null) => Err(format!("missing \"{key}\"")),
+        Some(Value::String(s)) => Ok(s),
+        Some(v) => Err(format!("\"{key}\" must be a string, found {v}")),
+    }
+}
+
+/// The SPEC signal names and their numbers.
+pub const SIGNALS: &[(&str, i32)] = &[
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGKILL", libc::SIGKILL),
+    ("SIGSTOP", libc::SIGSTOP),
+    ("SIGCONT", libc::SIGCONT),
+    ("SIGHUP", libc::SIGHUP),
+    ("SIGINT", libc::SIGINT),
+    ("SIGUSR1", libc::SIGUSR1),
+    ("SIGUSR2", libc::SIGUSR2),
+];
+
+/// SPEC name → number.
+pub fn signal_number(name: &str) -> Option<i32> {
+    SIGNALS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// Number → name (`SIGSEGV` and friends too, for exit reports).
+pub fn signal_name(sig: i32) -> String {
+    if let Some((n, _)) = SIGNALS.iter().find(|(_, s)| *s == sig) {
+        return n.to_string();
+    }
+    match sig {
+        libc::SIGQUIT => "SIGQUIT".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        libc::SIGFPE => "SIGFPE".into(),
+        libc::SIGILL => "SIGILL".into(),
+        libc::SIGPIPE => "SIGPIPE".into(),
+        libc::SIGALRM => "SIGALRM".into(),
+        other => format!("SIG{other}"),
+    }
+}
+
+/// Refuses to signal socketman itself (a STOP would freeze the agent for good).
+fn not_self(pid: i32) -> Result<(), String> {
+    if pid == std::process::id() as i32 {
+        return Err(format!("forbidden: {pid} is socketman itself"));
+    }
+    Ok(())
+}
+
+fn kill_err(pid: i32, e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => format!("no such pid: {pid}"),
+        Some(libc::EPERM) => "permission denied".into(),
+        _ => format!("cannot signal {pid}: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Jobs
+
+/// Job types of this module.
+pub const TYPES: &[&str] = &[
+    "process.start",
+    "process.stop",
+    "process.signal",
+    "process.status",
+    "process.list",
+    "process.info",
+];
+
+/// Runs one `process.*` job.
+pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> {
+    let reg = &agent.control.children;
+    match ty {
+        "process.start" => start(reg, args),
+        "process.stop" => stop(reg, args),
+        "process.signal" => signal(args),
+        "process.status" => status(reg, args),
+        "process.list" => Ok(list(reg)),
+        "process.info" => info(arg_pid(args, "pid")?),
+        other => Err(format!("unknown_type: {other}")),
+    }
+}
+
+/// Starts a program without a shell in its own process group and records it.
+pub fn start(reg: &Arc<Registry>, args: &Value) -> Result<Value, String> {
+    let path = arg_str(args, "path")?;
+    if path.is_empty() {
+        return Err("\"path\" is empty".into());
+    }
+    let argv: Vec<String> = match args.get("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                other => Err(format!("\"args\" must hold strings, found {other}")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => return Err(format!("\"args\" must be a list, found {v}")),
+    };
+    let env: BTreeMap<String, String> = match args.get("env") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                Value::Number(n) => Ok((k.clone(), n.to_string())),
+                Value::Bool(b) => Ok((k.clone(), b.to_string())),
+                other => Err(format!("\"env\".{k} must be a string, found {other}")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => return Err(format!("\"env\" must be an object, found {v}")),
+    };
+    let mut cmd = Command::new(path);
+    cmd.args(&argv)
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| {
+        let msg = e.to_string();
+        // "No such file or directory (os error 2)" → "No such file or directory".
+        let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
+        format!("cannot start {path}: {msg}")
+    })?;
+    let pid = child.id() as i32;
+    reg.add(pid);
+    log::info!("process.start: started {path} as pid {pid}");
+    let reg2 = Arc::clone(reg);
+    let spawned = std::thread::Builder::new()
+        .name(format!("reaper-{pid}"))
+        .spawn(move || {
+            let exit = match child.wait() {
+                Ok(st) => Exit::from_status(st),
+                Err(e) => {
+                    log::warn!("process {pid}: wait failed: {e}");
+                    Exit {
+                        code: None,
+                        signal: None,
+                    }
+                }
+            };
+            log::info!(
+                "process {pid} ended (exit code {:?}, signal {:?})",
+                exit.code,
+                exit.signal
+            );
+            reg2.set_exit(pid, exit);
+        });
+    if let Err(e) = spawned {
+        log::error!("process {pid}: cannot start its reaper thread: {e}");
+    }
+    Ok(json!({ "pid": pid }))
+}
+
+fn exit_json(e: Option<Exit>, sent: Option<i32>) -> Value {
+    match e {
+        Some(e) => json!({"exit_code": e.code, "signal": e.signal.map(signal_name)}),
+        None => json!({"exit_code": null, "signal": sent.map(signal_name)}),
+    }
+}
+
+/// TERM to the process group (or the process when it leads no group), KILL after `grace`.
+pub fn stop(reg: &Registry, args: &Value) -> Result<Value, String> {
+    let pid = arg_pid(args, "pid")?;
+    let grace = match args.get("grace") {
+        None | Some(Value::Null) => 5.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|g| *g >= 0.0 && *g <= 3600.0)
+            .ok_or_else(|| format!("\"grace\" must be seconds (0-3600), found {v}"))?,
+    };
+    let grace = Duration::from_secs_f64(grace);
+    not_self(pid)?;
+    let ours = reg.get(pid);
+    if let Some(Some(e)) = ours {
+        // Already ended: report how.
+        return Ok(exit_json(Some(e), None));
+    }
+    let st = read_stat(pid)?;
+    if st.state == 'Z' && ours.is_none() {
+        return Err(format!("no such pid: {pid}"));
+    }
+    let group = st.pgrp == pid && pid > 1;
+    let send = |sig: i32| -> Result<(), String> {
+        let r = if group {
+            crate::sys::kill_group(pid, sig)
+        } else {
+            crate::sys::kill(pid, sig)
+        };
+        r.map_err(|e| kill_err(pid, e))
+    };
+    send(libc::SIGTERM)?;
+    // A stopped process cannot act on TERM until it is continued.
+    let _ = send(libc::SIGCONT);
+    log::info!("process.stop: TERM sent to {pid} (group: {group})");
+    if ours.is_some() {
+        if let Some(e) = reg.wait_exit(pid, grace) {
+            return Ok(exit_json(Some(e), None));
+        }
+        log::info!("process.stop: {pid} still alive after {grace:?}, sending KILL");
+        let _ = send(libc::SIGKILL);
+        return Ok(exit_json(
+            reg.wait_exit(pid, Duration::from_secs(5)),
+            Some(libc::SIGKILL),
+        ));
+    }
+    // Not ours: watch /proc.
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return Ok(exit_json(None, Some(libc::SIGTERM)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("process.stop: {pid} still alive after {grace:?}, sending KILL");
+    let _ = send(libc::SIGKILL);
+    Ok(exit_json(None, Some(libc::SIGKILL)))
+}
+
+/// Sends one of the SPEC signals to a process.
+pub fn signal(args: &Value) -> Result<Value, String> {
+    let pid = arg_pid(args, "pid")?;
+    let name = arg_str(args, "signal")?;
+    let sig = signal_number(name).ok_or_else(|| format!("unknown signal: {name}"))?;
+    not_self(pid)?;
+    crate::sys::kill(pid, sig).map_err(|e| kill_err(pid, e))?;
+    log::info!("process.signal: {name} sent to {pid}");
+    Ok(json!({}))
+}
+
+/// Running or not; the exit code for processes started by `process.start`.
+pub fn status(reg: &Registry, args: &Value) -> Result<Value, String> {
+    let pid = arg_pid(args, "pid")?;
+    match reg.get(pid) {
+        Some(None) => Ok(json!({"running": true, "exit_code": null})),
+        Some(Some(e)) => Ok(json!({
+            "running": false,
+            "exit_code": e.code,
+            "signal": e.signal.map(signal_name),
+        })),
+        None => {
+            if alive(pid) {
+                Ok(json!({"running": true, "exit_code": null}))
+            } else {
+                Err(format!("no such pid: {pid}"))
+            }
+        }
+    }
+}
+
+/// Every process in `/proc`, plus the pids started by `process.start` still running.
+pub fn list(reg: &Registry) -> Value {
+    let ticks = crate::sys::clock_ticks().max(1);
+    let page = crate::sys::page_size();
+    let btime = boot_time();
+    let users = users();
+    let procs: Vec<Value> = all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let st = read_stat(pid).ok()?;
+            let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|t| status_uid(&t));
+            Some(json!({
+                "pid": st.pid,
+                "ppid": st.ppid,
+                "name": st.comm,
+                "state": st.state.to_string(),
+                "user": uid.map(|u| user_of(&users, u)),
+                "rss_bytes": st.rss_pages * page,
+                "cpu_user_ms": st.utime * 1000 / ticks,
+                "cpu_system_ms": st.stime * 1000 / ticks,
+                "started": btime + st.starttime / ticks,
+            }))
+        })
+        .collect();
+    json!({"processes": procs, "started_by_agent": reg.running()})
+}
+
+/// CPU use in percent of one CPU between two samples of (utime + stime) ticks.
+pub fn cpu_percent(
+    ticks_before: u64,
+    ticks_after: u64,
+    ticks_per_s: u64,
+    elapsed: Duration,
+) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 || ticks_per_s == 0 {
+        return 0.0;
+    }
+    let used = ticks_after.saturating_sub(ticks_before) as f64 / ticks_per_s as f64;
+    (used / secs * 1000.0).round() / 10.0
+}
+
+/// One process in detail (the Nest bot's fields).
+pub fn info(pid: i32) -> Result<Value, String> {
+    let ticks = crate::sys::clock_ticks().max(1);
+    let page = crate::sys::page_size();
+    let t0 = Instant::now();
+    let first = read_stat(pid)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let st = read_stat(pid)?;
+    let elapsed = t0.elapsed();
+    let usage = cpu_percent(
+        first.utime + first.stime,
+        st.utime + st.stime,
+        ticks,
+        elapsed,
+    );
+    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let user = status_uid(&status_text).map(|u| user_of(&users(), u));
+    let mut m = Map::new();
+    m.insert("pid".into(), json!(pid));
+    m.insert("name".into(), json!(st.comm));
+    m.insert("cmdline".into(), json!(cmdline));
+    m.insert("state".into(), json!(st.state.to_string()));
+    m.insert("user".into(), json!(user));
+    m.insert("cpu_usage".into(), json!(usage));
+    m.insert(
+        "cpu_time".into(),
+        json!({"user": st.utime * 1000 / ticks, "system": st.stime * 1000 / ticks}),
+    );
+    m.insert(
+        "memory".into(),
+        json!({
+            "rss": st.rss_pages * page,
+            "swap": kb_value(&status_text, "VmSwap"),
+        }),
+    );
+    m.insert("started".into(), json!(boot_time() + st.starttime / ticks));
+    Ok(Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_of_this_process() {
+        // Captured from this machine at test time.
+        let text = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let st = parse_stat(&text).unwrap();
+        assert_eq!(st.pid, std::process::id() as i32);
+        assert!(matches!(st.state, 'R' | 'S'));
+        // The thread reading its own stat is running.
+        let me = parse_stat(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
+        assert_eq!(me.state, 'R');
+        assert!(st.rss_pages > 0);
+        assert!(st.starttime > 0);
+        let ppid: i32 = status_value(
+            &std::fs::read_to_string("/proc/self/status").unwrap(),
+            "PPid",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+        assert_eq!(st.ppid, ppid);
+    }
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_comm() {
+        // A real process whose name has spaces and parentheses: a copy of sleep.
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("a) b (c");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut child = Command::new(&exe).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if text.contains("a) b (c") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let st = parse_stat(&text).unwrap();
+        assert_eq!(st.comm, "a) b (c");
+        assert_eq!(st.pid, pid);
+        assert_eq!(st.ppid, std::process::id() as i32);
+        assert!(matches!(st.state, 'S' | 'R'));
+    }
+
+    #[test]
+    fn stat_garbage() {
+        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat("12 (x"), None);
+        assert_eq!(parse_stat("12 (x) S 1"), None);
+        assert_eq!(parse_stat("x (y) S 1 2 3 4 5 6 7 8 9 10 11 12"), None);
+    }
+
+    #[test]
+    fn proc_files_of_this_machine() {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        assert!(parse_btime(&stat).unwrap() > 1_000_000_000);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = status_uid(&status).unwrap();
+        let users = parse_passwd(&std::fs::read_to_string("/etc/passwd").unwrap());
+        assert!(users.contains_key(&uid));
+        assert!(kb_value(&status, "VmRSS").unwrap() > 0);
+        assert_eq!(kb_value(&status, "NoSuchKey"), None);
+    }
+
+    #[test]
+    fn cpu_percent_math() {
+        assert_eq!(cpu_percent(10, 30, 100, Duration::from_millis(200)), 100.0);
+        assert_eq!(cpu_percent(10, 11, 100, Duration::from_millis(200)), 5.0);
+        assert_eq!(cpu_percent(10, 5, 100, Duration::from_millis(200)), 0.0);
+        assert_eq!(cpu_percent(1, 2, 100, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(signal_number("SIGUSR2"), Some(libc::SIGUSR2));
+        assert_eq!(signal_number("SIGFOO"), None);
+        assert_eq!(signal_number("TERM"), None);
+        assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
+        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
+    }
+
+    #[test]
+    fn args() {
+        assert_eq!(arg_pid(&json!({"pid": 12}), "pid"), Ok(12));
+        assert!(arg_pid(&json!({}), "pid").unwrap_err().contains("missing"));
+        assert!(arg_pid(&json!({"pid": "12"}), "pid").is_err());
+        assert!(arg_pid(&json!({"pid": -1}), "pid").is_err());
+        assert!(arg_pid(&json!({"pid": 1.5}), "pid").is_err());
+        assert!(arg_str(&json!({"name": 3}), "name").is_err());
+    }
+
+    #[test]
+    fn start_status_stop_own_process() {
+        let reg = Arc::new(Registry::default());
+        let r = start(&reg, &json!({"path": "/bin/sleep", "args": ["30"]})).unwrap();
+        let pid = r["pid"].as_i64().unwrap() as i32;
+        assert_eq!(reg.running(), vec![pid]);
+        assert_eq!(status(&reg, &json!({"pid": pid})).unwrap()["running"], true);
+        let s = stop(&reg, &json!({"pid": pid, "grace": 2})).unwrap();
+        assert_eq!(s, json!({"exit_code": null, "signal": "SIGTERM"}));
+        let st = status(&reg, &json!({"pid": pid})).unwrap();
+        assert_eq!(st["running"], false);
+        assert!(reg.running().is_empty());
+
+        let r = start(
+            &reg,
+            &json!({"path": "/bin/sh", "args": ["-c", "exit $CODE"], "env": {"CODE": "7"}}),
+        )
+        .unwrap();
+        let pid = r["pid"].as_i64().unwrap() as i32;
+        assert_eq!(
+            reg.wait_exit(pid, Duration::from_secs(5)).unwrap().code,
+            Some(7)
+        );
+        assert_eq!(status(&reg, &json!({"pid": pid})).unwrap()["exit_code"], 7);
+    }
+
+    #[test]
+    fn start_errors() {
+        let reg = Arc::new(Registry::default());
+        assert_eq!(
+            start(&reg, &json!({"path": "/nonexistent/x"})).unwrap_err(),
+            "cannot start /nonexistent/x: No such file or directory"
+        );
+        assert!(start(&reg, &json!({"path": "/bin/true", "args": "x"})).is_err());
+        assert!(start(&reg, &json!({"path": "/bin/true", "env": {"A": [1]}})).is_err());
+        assert!(start(&reg, &json!({})).is_err());
+    }
+}

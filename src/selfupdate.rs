@@ -1,0 +1,618 @@
+//! Self-update (SPEC §9, job `agent.update` of §4.4): replace the running socketman binary
+//! and re-execute it, with a pending-update marker that lets the *new* process send the job's
+//! `PROCESSED` once it is connected, and roll back to `<path>.bak` when it cannot connect.
+//!
+//! Threads: [`run`] runs on the job worker that took the job; on success it never returns
+//! (the process image is replaced by `execv` with the same arguments and pid: the other
+//! threads simply vanish, no shutdown code runs). [`on_start`] runs once at start-up from
+//! `agent::run` and, when a marker is present, starts the `selfupdate` thread that waits for
+//! the broker. Shares `agent.outbox` (the result), the supervisor (services are stopped
+//! before a re-exec, so the new process starts them itself instead of finding orphans) and
+//! `state_dir/pending-update.json` (the marker, written atomically before the switch).
+//!
+//! Which process is which after a re-exec: the marker records the sha256 of the new binary.
+//! A process whose own executable has that sha256 is the new one (it confirms or rolls back);
+//! any other is the old one, which reports the failure. A marker carrying `failed` was
+//! written by a new process that gave up; the restored old binary reports that text.
+//! This works even when old and new report the same version string.
+//!
+//! Not covered: other jobs running at the moment of the re-exec are cut short (the new
+//! process answers them `interrupted` from the seen-id store), and processes started by
+//! `process.start` keep running untracked. If the `exec` itself fails, the old binary is put
+//! back and the job fails, but the services stay stopped (the supervisor was shut down).
+#![forbid(unsafe_code)]
+
+use crate::agent::Agent;
+use crate::jobs::Jobs;
+use crate::update;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The marker file in `state_dir`.
+pub const MARKER_FILE: &str = "pending-update.json";
+/// The new binary must answer `--version` within this.
+pub const VERSION_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The new process must reach the broker within this after its start (SPEC §9).
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
+/// Starts of the new binary without reaching the broker (crash loop under procd) before it
+/// rolls back at once.
+pub const MAX_STARTS: u32 = 3;
+
+/// The pending update, `state_dir/pending-update.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    /// The `agent.update` job whose `PROCESSED` is still owed.
+    pub job_id: String,
+    /// The version asked for.
+    pub version: String,
+    /// The version that ran the job.
+    pub previous: String,
+    /// The executable replaced.
+    pub path: PathBuf,
+    /// When the switch happened (Unix seconds).
+    pub at: u64,
+    /// sha256 of the new binary.
+    pub sha256: String,
+    /// Set by a new process that gave up and restored the old binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// Starts of the new binary so far.
+    #[serde(default)]
+    pub starts: u32,
+}
+
+/// `state_dir/pending-update.json`.
+pub fn marker_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(MARKER_FILE)
+}
+
+/// Reads the marker; `None` when absent or unreadable (logged).
+pub fn read_marker(path: &Path) -> Option<Marker> {
+    match crate::state::read_json(path) {
+        Ok(Some(v)) => match serde_json::from_value(v) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::error!(
+                    "{}: not a pending-update marker ({e}); removed",
+                    path.display()
+                );
+                let _ = fs::remove_file(path);
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            log::error!("{}: {e}; removed", path.display());
+            let _ = fs::remove_file(path);
+            None
+        }
+    }
+}
+
+/// Writes the marker atomically (tmp + fsync + rename).
+pub fn write_marker(path: &Path, m: &Marker) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(m).map_err(io::Error::other)?;
+    crate::state::write_atomic(path, &bytes)
+}
+
+/// `<path>.bak`.
+pub fn backup_path(exe: &Path) -> PathBuf {
+    let mut s = exe.as_os_str().to_owned();
+    s.push(".bak");
+    PathBuf::from(s)
+}
+
+/// Saves `exe` as `<exe>.bak` (hard link, else copy; through a temporary name so an
+/// existing `.bak` is replaced atomically). `exe` itself is not touched.
+pub fn backup(exe: &Path) -> io::Result<PathBuf> {
+    let bak = backup_path(exe);
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let tmp = update::temp_name(dir, "bak");
+    if fs::hard_link(exe, &tmp).is_err() {
+        fs::copy(exe, &tmp)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+    }
+    if let Err(e) = fs::rename(&tmp, &bak) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(bak)
+}
+
+/// Puts `<exe>.bak` back as `exe` (atomic rename).
+pub fn restore_backup(exe: &Path) -> io::Result<()> {
+    let bak = backup_path(exe);
+    fs::rename(&bak, exe).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", bak.display())))
+}
+
+/// Runs `path --version`; it must exit 0 within `timeout`. Returns its first output line.
+pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, String> {
+    let shown = path.display();
+    let mut tries = 0;
+    let mut child = loop {
+        match Command::new(path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => break c,
+            // ETXTBSY: a fork in another thread still holds the file we just wrote.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(format!("new binary {shown} does not run: {e}")),
+        }
+    };
+    let mut readers = Vec::new();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        readers.push(std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.take(64 * 1024).read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        }));
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "new binary {shown}: --version did not exit within {} s",
+                    timeout.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("new binary {shown}: wait failed: {e}")),
+        }
+    };
+    // A background child of the new binary could keep the pipes open: read for 1 s at most.
+    let read_end = Instant::now() + Duration::from_secs(1);
+    while readers.iter().any(|h| !h.is_finished()) && Instant::now() < read_end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output: String = readers
+        .into_iter()
+        .filter(|h| h.is_finished())
+        .filter_map(|h| h.join().ok())
+        .collect::<Vec<_>>()
+        .join("");
+    let first = output.lines().next().unwrap_or("").trim().to_string();
+    if !status.success() {
+        let tail: String = output.trim().chars().take(200).collect();
+        return Err(format!(
+            "new binary {shown}: --version failed ({status}): {tail}"
+        ));
+    }
+    Ok(first)
+}
+
+/// The executable of this process. Refused when it was replaced or deleted under us.
+fn own_exe() -> Result<PathBuf, String> {
+    let p = std::env::current_exe().map_err(|e| format!("cannot find my executable: {e}"))?;
+    if p.to_string_lossy().ends_with(" (deleted)") {
+        return Err(format!("my executable {} was deleted", p.display()));
+    }
+    Ok(p)
+}
+
+/// `agent.update`: download, verify, check `--version`, keep `.bak`, write the marker,
+/// switch, re-execute. Returns only on failure (nothing changed, except a refreshed `.bak`).
+pub fn run(agent: &Arc<Agent>, job_id: &str, args: &Value) -> Result<Value, String> {
+    let cfg = agent.cfg();
+    let a = update::parse_args(args, false).map_err(|e| e.to_string())?;
+    let exe = own_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| format!("{}: no directory", exe.display()))?
+        .to_path_buf();
+    let marker_file = marker_path(&cfg.state_dir);
+    if let Some(m) = read_marker(&marker_file) {
+        return Err(format!(
+            "busy: update to {} (job {}) is still pending",
+            m.version, m.job_id
+        ));
+    }
+    log::info!(
+        "agent.update: {} -> {} from {} (job {job_id})",
+        crate::VERSION,
+        a.version,
+        crate::http::redact(&a.url)
+    );
+    let dl = update::download(
+        &cfg,
+        &a.url,
+        &dir,
+        update::DOWNLOAD_MAX,
+        update::DOWNLOAD_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())?;
+    update::check_sha256(&a.sha256, &dl.sha256).map_err(|e| e.to_string())?;
+    let new = dl.file;
+    fs::set_permissions(new.path(), fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", new.path().display()))?;
+    let said = check_new_binary(new.path(), VERSION_CHECK_TIMEOUT)?;
+    log::info!("agent.update: new binary answers {said:?}");
+    backup(&exe).map_err(|e| format!("cannot keep {}: {e}", backup_path(&exe).display()))?;
+    let marker = Marker {
+        job_id: job_id.to_string(),
+        version: a.version.clone(),
+        previous: crate::VERSION.to_string(),
+        path: exe.clone(),
+        at: crate::events::now(),
+        sha256: dl.sha256.clone(),
+        failed: None,
+        starts: 0,
+    };
+    crate::state::ensure_dir(&cfg.state_dir)
+        .and_then(|()| write_marker(&marker_file, &marker))
+        .map_err(|e| format!("cannot write {}: {e}", marker_file.display()))?;
+    if let Err(e) = fs::rename(new.path(), &exe) {
+        let _ = fs::remove_file(&marker_file);
+        return Err(format!("cannot replace {}: {e}", exe.display()));
+    }
+    let _ = new.keep();
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    log::info!(
+        "agent.update: {} replaced ({} kept as .bak); re-executing",
+        exe.display(),
+        crate::VERSION
+    );
+    let err = reexec(agent, &exe);
+    // Still here: the exec failed. Put the old binary back; nothing changed.
+    let _ = restore_backup(&exe);
+    let _ = fs::remove_file(&marker_file);
+    Err(format!("re-executing {} failed: {err}", exe.display()))
+}
+
+/// Stops the services, gives the outbox a moment, then replaces the process image with
+/// `exe` and this process's arguments. Returns only on failure.
+fn reexec(agent: &Arc<Agent>, exe: &Path) -> io::Error {
+    stop_services(agent);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while agent.is_connected() && !agent.outbox.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::sys::cloexec_from_3();
+    let mut args = std::env::args_os();
+    let argv0 = args.next();
+    let mut cmd = Command::new(exe);
+    if let Some(a0) = argv0 {
+        cmd.arg0(a0);
+    }
+    log::info!("re-executing {}", exe.display());
+    cmd.args(args).exec()
+}
+
+/// Services started by this process: stopped before a re-exec (the new image does not know
+/// them and starts them again).
+fn stop_services(agent: &Arc<Agent>) {
+    crate::supervisor::stop_all(agent);
+}
+
+/// What a starting process does with a marker (pure; see the module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// This is the new binary: confirm once connected (marker updated with this start).
+    Confirm(Marker),
+    /// This is the new binary, but it keeps restarting without reaching the broker.
+    RollBack(Marker, String),
+    /// This is the old binary (restored or never replaced): report the failure.
+    Failed(Marker, String),
+}
+
+/// Decides from the marker and the sha256 of this process's executable.
+pub fn decide(mut m: Marker, my_sha256: Option<&str>) -> Start {
+    if let Some(why) = m.failed.clone() {
+        return Start::Failed(m, why);
+    }
+    if my_sha256.is_some_and(|s| s.eq_ignore_ascii_case(&m.sha256)) {
+        m.starts += 1;
+        if m.starts > MAX_STARTS {
+            let why = format!(
+                "update to {} failed: the new binary started {} times without reaching the broker; rolled back",
+                m.version, MAX_STARTS
+            );
+            return Start::RollBack(m, why);
+        }
+        return Start::Confirm(m);
+    }
+    let why = format!(
+        "update to {} failed: the new binary did not take over; still running {}",
+        m.version,
+        crate::VERSION
+    );
+    Start::Failed(m, why)
+}
+
+/// The `PROCESSED` of the `agent.update` job.
+pub fn processed(m: &Marker, success: bool, error: Option<&str>) -> Value {
+    let duration_ms = crate::events::now().saturating_sub(m.at) * 1000;
+    let mut meta = json!({
+        "msg": error.map(str::to_string).unwrap_or_else(|| format!("updated from {} to {}", m.previous, m.version)),
+        "type": "agent.update",
+        "success": success,
+        "exit_code": null,
+        "duration_ms": duration_ms,
+        "truncated": false,
+    });
+    if success {
+        meta["result"] = json!({"version": m.version, "previous": m.previous});
+    }
+    if let Some(e) = error {
+        meta["error"] = json!(e);
+    }
+    json!({"id": m.job_id, "timestamp": crate::events::now(), "app": "socketman",
+           "event_type": "PROCESSED", "meta": meta})
+}
+
+fn report(
+    agent: &Arc<Agent>,
+    jobs: &Jobs,
+    marker_file: &Path,
+    m: &Marker,
+    success: bool,
+    error: Option<&str>,
+) {
+    let msg = processed(m, success, error);
+    // Stored with the job id (a re-delivered job is a duplicate) and sent like any result.
+    jobs.finish(agent, &m.job_id, &msg);
+    match fs::remove_file(marker_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::error!("cannot remove {}: {e}", marker_file.display()),
+    }
+    if success {
+        log::info!(
+            "agent.update job {}: now running {} (was {})",
+            m.job_id,
+            m.version,
+            m.previous
+        );
+    } else {
+        log::warn!("agent.update job {}: {}", m.job_id, error.unwrap_or(""));
+    }
+}
+
+/// The new process gives up: marker says why, `.bak` goes back, re-exec. Returns only when
+/// the rollback itself failed (logged; this process keeps running).
+fn roll_back(agent: &Arc<Agent>, marker_file: &Path, mut m: Marker, why: String) {
+    log::error!("{why}; restoring {}", backup_path(&m.path).display());
+    m.failed = Some(why);
+    if let Err(e) = write_marker(marker_file, &m) {
+        log::error!("cannot write {}: {e}", marker_file.display());
+    }
+    if let Err(e) = restore_backup(&m.path) {
+        log::error!("rollback impossible, keeping the new binary: {e}");
+        return;
+    }
+    let err = reexec(agent, &m.path);
+    log::error!("re-executing {} failed: {err}", m.path.display());
+}
+
+/// The job id of a pending update, for `Jobs::answer_unfinished` at start-up: that job is
+/// answered by [`on_start`], not as "interrupted".
+pub fn pending_job_id(state_dir: &Path) -> Option<String> {
+    read_marker(&marker_path(state_dir)).map(|m| m.job_id)
+}
+
+/// Call once at start-up (from `agent::run`, with the other subsystems, before or after the
+/// MQTT link starts): handles a pending update marker. Cheap when there is none.
+pub fn on_start(agent: &Arc<Agent>, jobs: &Arc<Jobs>) {
+    let cfg = agent.cfg();
+    let marker_file = marker_path(&cfg.state_dir);
+    let Some(m) = read_marker(&marker_file) else {
+        return;
+    };
+    let mine = own_exe().ok().and_then(|p| update::sha256_file(&p).ok());
+    let a = Arc::clone(agent);
+    let jobs = Arc::clone(jobs);
+    let started = agent.started;
+    let r = std::thread::Builder::new()
+        .name("selfupdate".into())
+        .spawn(move || match decide(m, mine.as_deref()) {
+            Start::Failed(m, why) => {
+                // Kept for the next start when socketman stops before reaching the broker.
+                if wait_connected(&a, None) {
+                    report(&a, &jobs, &marker_file, &m, false, Some(&why));
+                }
+            }
+            Start::RollBack(m, why) => roll_back(&a, &marker_file, m, why),
+            Start::Confirm(m) => {
+                if let Err(e) = write_marker(&marker_file, &m) {
+                    log::error!("cannot write {}: {e}", marker_file.display());
+                }
+                log::info!(
+                    "agent.update job {}: waiting up to {} s for the broker (start {})",
+                    m.job_id,
+                    CONNECT_DEADLINE.as_secs(),
+                    m.starts
+                );
+                if wait_connected(&a, Some(started + CONNECT_DEADLINE)) {
+                    report(&a, &jobs, &marker_file, &m, true, None);
+                } else if !a.stopping() {
+                    let why = format!(
+                        "update to {} failed: no broker connection within {} s; rolled back",
+                        m.version,
+                        CONNECT_DEADLINE.as_secs()
+                    );
+                    roll_back(&a, &marker_file, m, why);
+                }
+            }
+        });
+    if let Err(e) = r {
+        log::error!("cannot start the selfupdate thread: {e}");
+    }
+}
+
+/// Waits until the MQTT link is up (true), the deadline passes or a stop is requested.
+fn wait_connected(agent: &Agent, deadline: Option<Instant>) -> bool {
+    loop {
+        if agent.is_connected() {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        if agent.wait_stop(Duration::from_millis(250)) {
+            return false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker() -> Marker {
+        Marker {
+            job_id: "j1".into(),
+            version: "0.2.0".into(),
+            previous: "0.1.0".into(),
+            path: "/usr/bin/socketman".into(),
+            at: 1_700_000_000,
+            sha256: "ab".repeat(32),
+            failed: None,
+            starts: 0,
+        }
+    }
+
+    #[test]
+    fn marker_roundtrip_is_atomic_json() {
+        let d = tempfile::tempdir().unwrap();
+        let p = marker_path(d.path());
+        write_marker(&p, &marker()).unwrap();
+        assert_eq!(read_marker(&p), Some(marker()));
+        let v: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        for k in ["job_id", "version", "previous", "path", "at"] {
+            assert!(v.get(k).is_some(), "{k} in {v}");
+        }
+        fs::write(&p, b"garbage").unwrap();
+        assert_eq!(read_marker(&p), None);
+        assert!(!p.exists(), "unreadable marker removed");
+    }
+
+    #[test]
+    fn decide_new_old_failed_and_crash_loop() {
+        let m = marker();
+        let sha = "AB".repeat(32);
+        match decide(m.clone(), Some(&sha)) {
+            Start::Confirm(n) => assert_eq!(n.starts, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(decide(m.clone(), Some(&"cd".repeat(32))), Start::Failed(_, w) if w.contains("did not take over"))
+        );
+        assert!(matches!(decide(m.clone(), None), Start::Failed(..)));
+        let mut f = m.clone();
+        f.failed = Some("update to 0.2.0 failed: no broker".into());
+        assert!(
+            matches!(decide(f, Some(&sha)), Start::Failed(_, w) if w.contains("no broker")),
+            "a failed marker wins even when the binaries are identical"
+        );
+        let mut c = m;
+        c.starts = MAX_STARTS;
+        assert!(
+            matches!(decide(c, Some(&sha)), Start::RollBack(_, w) if w.contains("rolled back"))
+        );
+    }
+
+    #[test]
+    fn processed_payload() {
+        let ok = processed(&marker(), true, None);
+        assert_eq!(ok["id"], "j1");
+        assert_eq!(ok["event_type"], "PROCESSED");
+        assert_eq!(ok["meta"]["success"], true);
+        assert_eq!(
+            ok["meta"]["result"],
+            json!({"version": "0.2.0", "previous": "0.1.0"})
+        );
+        let bad = processed(&marker(), false, Some("update to 0.2.0 failed: x"));
+        assert_eq!(bad["meta"]["success"], false);
+        assert_eq!(bad["meta"]["error"], "update to 0.2.0 failed: x");
+    }
+
+    #[test]
+    fn backup_and_restore() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("socketman");
+        fs::write(&exe, b"old").unwrap();
+        fs::write(backup_path(&exe), b"older").unwrap();
+        let bak = backup(&exe).unwrap();
+        assert_eq!(bak, d.path().join("socketman.bak"));
+        assert_eq!(fs::read(&bak).unwrap(), b"old");
+        fs::write(d.path().join("new"), b"new").unwrap();
+        fs::rename(d.path().join("new"), &exe).unwrap();
+        assert_eq!(
+            fs::read(&bak).unwrap(),
+            b"old",
+            "the backup is not the new file"
+        );
+        restore_backup(&exe).unwrap();
+        assert_eq!(fs::read(&exe).unwrap(), b"old");
+        assert!(!bak.exists());
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn version_check_needs_exit_0_in_time() {
+        let d = tempfile::tempdir().unwrap();
+        let good = script(d.path(), "good", "echo \"socketman 9.9.9 ($1)\"");
+        assert_eq!(
+            check_new_binary(&good, VERSION_CHECK_TIMEOUT).unwrap(),
+            "socketman 9.9.9 (--version)"
+        );
+        let bad = script(d.path(), "bad", "echo broken >&2; exit 3");
+        let e = check_new_binary(&bad, VERSION_CHECK_TIMEOUT).unwrap_err();
+        assert!(
+            e.contains("--version failed") && e.contains("broken"),
+            "{e}"
+        );
+        let slow = script(d.path(), "slow", "exec sleep 30");
+        let t = Instant::now();
+        let e = check_new_binary(&slow, Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("did not exit within"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+        let data = d.path().join("data");
+        fs::write(&data, b"\x7fELF garbage").unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_new_binary(&data, VERSION_CHECK_TIMEOUT).is_err());
+    }
+}

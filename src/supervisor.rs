@@ -1,0 +1,1028 @@
+//! The supervisor of socketman's own `services` (SPEC §8.1): start at boot, restart with
+//! back-off, `fatal` after too many failed starts, TERM→KILL stop, SERVICE events, and the
+//! `service.list/start/stop/restart` jobs.
+//!
+//! Threads: one `supervisor` thread ([`spawn`]) polls the children (`try_wait` every 250 ms
+//! while one runs, else it wakes when a restart is due or once a second),
+//! applies the restart policy and picks up config changes (HUP). Job workers and the watchdog
+//! act on services through [`start`], [`stop`], [`restart`]; the lead's shutdown calls
+//! [`stop_all`]. All of them share [`Services`] (in `agent.control.services`), one mutex over
+//! the table; a stop takes the child out of the table and waits for it outside the lock.
+//!
+//! The timing rules are the pure state machine [`Policy`], driven with `Instant`s.
+#![forbid(unsafe_code)]
+
+use crate::agent::Agent;
+use crate::config::{RestartPolicy, ServiceConfig};
+use crate::procs::Exit;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Failed starts within [`FATAL_WINDOW`] that make a service `fatal`.
+pub const FATAL_STARTS: usize = 10;
+/// Window for [`FATAL_STARTS`].
+pub const FATAL_WINDOW: Duration = Duration::from_secs(300);
+/// A run this long resets the back-off; a shorter one is a failed start.
+pub const RESET_AFTER: Duration = Duration::from_secs(60);
+/// Longest back-off, in back-off units (1 unit = 1 s).
+pub const MAX_DELAY_UNITS: u32 = 60;
+/// Grace between TERM and KILL when stopping a service.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// SPEC §4.4 status values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Stopped,
+    Starting,
+    Backoff,
+    Fatal,
+    Updating,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Starting => "starting",
+            Status::Backoff => "backoff",
+            Status::Fatal => "fatal",
+            Status::Updating => "updating",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+/// What to do after a service ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Leave it stopped (policy `never`, or `on-failure` after a clean exit).
+    Stopped,
+    /// Start again after this many back-off units (1, 2, 4 … 60).
+    Retry(u32),
+    /// Too many failed starts: `fatal` until a job starts it.
+    Fatal,
+}
+
+/// Back-off and `fatal` bookkeeping of one service. Pure: every call takes `now`.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    exp: u32,
+    fails: VecDeque<Instant>,
+    started_at: Option<Instant>,
+}
+
+impl Policy {
+    /// The service was started at `now`.
+    pub fn on_start(&mut self, now: Instant) {
+        self.started_at = Some(now);
+    }
+
+    /// The service ended at `now`; `success` is exit code 0.
+    pub fn on_exit(&mut self, now: Instant, success: bool, restart: RestartPolicy) -> Next {
+        let up = self
+            .started_at
+            .take()
+            .map(|t| now.saturating_duration_since(t))
+            .unwrap_or(Duration::ZERO);
+        if up >= RESET_AFTER {
+            self.exp = 0;
+        }
+        let again = match restart {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Always => true,
+        };
+        if !again {
+            return Next::Stopped;
+        }
+        if up < RESET_AFTER && self.failed(now) {
+            return Next::Fatal;
+        }
+        Next::Retry(self.next_delay())
+    }
+
+    /// The service could not even be spawned at `now`.
+    pub fn on_spawn_failed(&mut self, now: Instant) -> Next {
+        self.started_at = None;
+        if self.failed(now) {
+            Next::Fatal
+        } else {
+            Next::Retry(self.next_delay())
+        }
+    }
+
+    /// A job started it: forget failures and back-off.
+    pub fn reset(&mut self) {
+        self.exp = 0;
+        self.fails.clear();
+        self.started_at = None;
+    }
+
+    fn failed(&mut self, now: Instant) -> bool {
+        self.fails.push_back(now);
+        while let Some(first) = self.fails.front() {
+            if now.saturating_duration_since(*first) > FATAL_WINDOW {
+                self.fails.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.fails.len() >= FATAL_STARTS
+    }
+
+    fn next_delay(&mut self) -> u32 {
+        let d = 1u32
+            .checked_shl(self.exp)
+            .unwrap_or(u32::MAX)
+            .min(MAX_DELAY_UNITS);
+        if d < MAX_DELAY_UNITS {
+            self.exp += 1;
+        }
+        d
+    }
+}
+
+/// Length of one back-off unit: 1 s, or `SOCKETMAN_TEST_BACKOFF_UNIT_MS` (tests only, so that
+/// the road to `fatal` does not take four minutes).
+fn backoff_unit() -> Duration {
+    std::env::var("SOCKETMAN_TEST_BACKOFF_UNIT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(1))
+}
+
+struct Svc {
+    cfg: ServiceConfig,
+    status: Status,
+    child: Option<Child>,
+    pid: Option<i32>,
+    exit_code: Option<i32>,
+    restarts: u64,
+    policy: Policy,
+    next_start: Option<Instant>,
+    /// A job or the watchdog is stopping it (the child is out of the table).
+    busy: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    svcs: Vec<Svc>,
+    /// `stop_all` ran: nothing is started any more.
+    shutdown: bool,
+}
+
+/// The services table, shared through `agent.control.services`.
+#[derive(Default)]
+pub struct Services {
+    inner: Mutex<Table>,
+}
+
+impl Services {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// A snapshot of one service, for the update helper and healthz.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub status: Status,
+    pub pid: Option<i32>,
+    pub version: Option<String>,
+    pub restarts: u64,
+}
+
+/// `<state_dir>/services/<name>/current` (the installed version, SPEC §8.3).
+pub fn current_link(agent: &Agent, name: &str) -> PathBuf {
+    agent
+        .cfg()
+        .state_dir
+        .join("services")
+        .join(name)
+        .join("current")
+}
+
+fn version_of(agent: &Agent, cfg: &ServiceConfig) -> Option<String> {
+    let link = current_link(agent, &cfg.name);
+    if let Ok(target) = std::fs::read_link(&link) {
+        if let Some(v) = target.file_name().and_then(|f| f.to_str()) {
+            return Some(v.to_string());
+        }
+    }
+    cfg.version.clone()
+}
+
+fn work_dir(agent: &Agent, cfg: &ServiceConfig) -> Option<PathBuf> {
+    let link = current_link(agent, &cfg.name);
+    if link.is_dir() {
+        return Some(link);
+    }
+    cfg.dir.as_ref().map(PathBuf::from)
+}
+
+fn entry_json(agent: &Agent, s: &Svc) -> Value {
+    json!({
+        "name": s.cfg.name,
+        "status": s.status.as_str(),
+        "version": version_of(agent, &s.cfg),
+        "pid": s.pid,
+        "restarts": s.restarts,
+        "last_heartbeat": agent.control.watchdog.last_seen(&s.cfg.name),
+    })
+}
+
+fn publish(agent: &Agent, s: &Svc) {
+    log::info!(
+        "service {}: {} (pid {:?}, exit code {:?})",
+        s.cfg.name,
+        s.status.as_str(),
+        s.pid,
+        s.exit_code
+    );
+    agent.outbox.status_event(
+        "SERVICE",
+        json!({"name": s.cfg.name, "status": s.status.as_str(), "pid": s.pid, "exit_code": s.exit_code}),
+    );
+}
+
+fn set_status(agent: &Agent, s: &mut Svc, st: Status) {
+    if s.status != st {
+        s.status = st;
+        publish(agent, s);
+    }
+}
+
+fn apply_next(agent: &Agent, s: &mut Svc, next: Next, now: Instant) {
+    match next {
+        Next::Stopped => {
+            s.next_start = None;
+            s.status = Status::Stopped;
+        }
+        Next::Retry(units) => {
+            let d = backoff_unit() * units;
+            log::info!("service {}: restart in {d:?}", s.cfg.name);
+            s.next_start = Some(now + d);
+            s.restarts += 1;
+            s.status = Status::Backoff;
+        }
+        Next::Fatal => {
+            log::error!(
+                "service {}: {FATAL_STARTS} failed starts within {FATAL_WINDOW:?}, giving up until started by a job",
+                s.cfg.name
+            );
+            s.next_start = None;
+            s.status = Status::Fatal;
+        }
+    }
+    publish(agent, s);
+}
+
+/// Spawns `/bin/sh -c cmd` in its own process group. On failure the policy decides.
+fn spawn_svc(agent: &Agent, s: &mut Svc, now: Instant) -> Result<(), String> {
+    s.next_start = None;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&s.cfg.cmd)
+        .envs(&s.cfg.env)
+        .stdin(Stdio::null())
+        .process_group(0);
+    let dir = work_dir(agent, &s.cfg);
+    if let Some(d) = &dir {
+        cmd.current_dir(d);
+    }
+    match cmd.spawn() {
+        Ok(child) => {
+            s.pid = Some(child.id() as i32);
+            s.child = Some(child);
+            s.exit_code = None;
+            s.policy.on_start(now);
+            s.status = Status::Running;
+            publish(agent, s);
+            Ok(())
+        }
+        Err(e) => {
+            let msg = format!(
+                "cannot start service {} (cmd {:?}, dir {:?}): {e}",
+                s.cfg.name, s.cfg.cmd, dir
+            );
+            log::error!("{msg}");
+            s.pid = None;
+            s.exit_code = None;
+            let next = s.policy.on_spawn_failed(now);
+            apply_next(agent, s, next, now);
+            Err(msg)
+        }
+    }
+}
+
+/// Sends TERM to every group, waits up to `grace` for the leaders, then KILLs what is left.
+fn terminate(children: Vec<(i32, Child)>, grace: Duration) -> Vec<(i32, Option<Exit>)> {
+    for (pid, _) in &children {
+        let _ = crate::sys::kill_group(*pid, libc::SIGTERM);
+        let _ = crate::sys::kill_group(*pid, libc::SIGCONT);
+    }
+    let deadline = Instant::now() + grace;
+    let mut pending = children;
+    let mut done = Vec::new();
+    loop {
+        let mut still = Vec::new();
+        for (pid, mut c) in pending {
+            match c.try_wait() {
+                Ok(Some(st)) => done.push((pid, Some(Exit::from_status(st)))),
+                Ok(None) => still.push((pid, c)),
+                Err(e) => {
+                    log::warn!("service pid {pid}: wait failed: {e}");
+                    done.push((pid, None));
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (pid, mut c) in pending {
+        log::warn!("service pid {pid}: still alive {grace:?} after TERM, sending KILL");
+        let _ = crate::sys::kill_group(pid, libc::SIGKILL);
+        done.push((pid, c.wait().ok().map(Exit::from_status)));
+    }
+    // Leftover members of the groups (the leader is gone) get KILL too.
+    for (pid, _) in &done {
+        let _ = crate::sys::kill_group(*pid, libc::SIGKILL);
+    }
+    done
+}
+
+/// Poll period while a service runs (how soon an exit is seen).
+const POLL_RUNNING: Duration = Duration::from_millis(250);
+/// Wait when nothing runs or is due (how soon a HUP's new services start).
+const POLL_IDLE: Duration = Duration::from_secs(1);
+
+/// One supervisor step at `now`: config changes, exits, due restarts. Returns how long the
+/// thread may sleep before the next step.
+pub fn tick(agent: &Agent, now: Instant) -> Duration {
+    let cfg = agent.cfg();
+    let services = &agent.control.services;
+    let mut t = services.lock();
+    if t.shutdown || agent.stopping() {
+        return POLL_IDLE;
+    }
+    // Config: new services, changed ones (applied at their next start), removed ones.
+    for c in &cfg.services {
+        match t.svcs.iter_mut().find(|s| s.cfg.name == c.name) {
+            Some(s) => {
+                if s.cfg != *c {
+                    log::info!(
+                        "service {}: config changed, applies at its next start",
+                        c.name
+                    );
+                    s.cfg = c.clone();
+                }
+            }
+            None => t.svcs.push(Svc {
+                cfg: c.clone(),
+                status: Status::Stopped,
+                child: None,
+                pid: None,
+                exit_code: None,
+                restarts: 0,
+                policy: Policy::default(),
+                next_start: c.autostart.then_some(now),
+                busy: false,
+            }),
+        }
+    }
+    let mut removed = Vec::new();
+    t.svcs.retain_mut(|s| {
+        if cfg.services.iter().any(|c| c.name == s.cfg.name) || s.busy {
+            return true;
+        }
+        log::info!(
+            "service {}: removed from the config, stopping it",
+            s.cfg.name
+        );
+        if let (Some(pid), Some(child)) = (s.pid, s.child.take()) {
+            removed.push((pid, child));
+        }
+        false
+    });
+    if !removed.is_empty() {
+        let _ = std::thread::Builder::new()
+            .name("svc-stop".into())
+            .spawn(move || {
+                terminate(removed, STOP_GRACE);
+            });
+    }
+    for s in t.svcs.iter_mut() {
+        if let Some(child) = s.child.as_mut() {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    let exit = Exit::from_status(st);
+                    s.child = None;
+                    let pid = s.pid.take();
+                    s.exit_code = exit.code;
+                    log::warn!(
+                        "service {}: pid {pid:?} ended (exit code {:?}, signal {:?})",
+                        s.cfg.name,
+                        exit.code,
+                        exit.signal
+                    );
+                    if let Some(p) = pid {
+                        // Whatever the leader left behind in its group goes with it.
+                        let _ = crate::sys::kill_group(p, libc::SIGKILL);
+                    }
+                    let next = s.policy.on_exit(now, exit.code == Some(0), s.cfg.restart);
+                    apply_next(agent, s, next, now);
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("service {}: wait failed: {e}", s.cfg.name),
+            }
+        }
+        if s.child.is_none() && !s.busy && s.next_start.is_some_and(|t| t <= now) {
+            let _ = spawn_svc(agent, s, now);
+        }
+    }
+    let mut wait = POLL_IDLE;
+    for s in &t.svcs {
+        if s.child.is_some() {
+            wait = wait.min(POLL_RUNNING);
+        }
+        if let Some(due) = s.next_start {
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+    }
+    wait.max(Duration::from_millis(10))
+}
+
+/// Starts the supervisor thread (services with `autostart` start on its first tick).
+pub fn spawn(agent: &Arc<Agent>) {
+    let a = Arc::clone(agent);
+    let r = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || {
+            log::info!(
+                "supervisor: {} service(s) configured",
+                a.cfg().services.len()
+            );
+            loop {
+                let wait = tick(&a, Instant::now());
+                if a.wait_stop(wait) {
+                    break;
+                }
+            }
+            log::info!("supervisor: stopping (services are stopped by stop_all)");
+        });
+    if let Err(e) = r {
+        log::error!("cannot start the supervisor thread: {e}");
+    }
+}
+
+/// Every service as in healthz.
+pub fn entries(agent: &Agent) -> Vec<Value> {
+    let t = agent.control.services.lock();
+    t.svcs.iter().map(|s| entry_json(agent, s)).collect()
+}
+
+/// One service's state, for the update helper.
+pub fn info(agent: &Agent, name: &str) -> Option<ServiceInfo> {
+    let t = agent.control.services.lock();
+    t.svcs
+        .iter()
+        .find(|s| s.cfg.name == name)
+        .map(|s| ServiceInfo {
+            name: s.cfg.name.clone(),
+            status: s.status,
+            pid: s.pid,
+            version: version_of(agent, &s.cfg),
+            restarts: s.restarts,
+        })
+}
+
+/// Marks a service `updating` (or back to its real state) for the update helper.
+pub fn set_updating(agent: &Agent, name: &str, on: bool) {
+    let mut t = agent.control.services.lock();
+    if let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) {
+        let st = if on {
+            Status::Updating
+        } else if s.child.is_some() {
+            Status::Running
+        } else {
+            Status::Stopped
+        };
+        set_status(agent, s, st);
+    }
+}
+
+/// True when the configured service `name` heartbeats (SPEC §8.2).
+pub fn heartbeats(agent: &Agent, name: &str) -> bool {
+    agent
+        .cfg()
+        .services
+        .iter()
+        .any(|s| s.name == name && s.heartbeat)
+}
+
+fn known(agent: &Agent, t: &mut Table, name: &str) -> Result<(), String> {
+    if t.svcs.iter().any(|s| s.cfg.name == name) {
+        return Ok(());
+    }
+    // Configured but the supervisor has not picked it up yet (just after start or HUP).
+    match agent.cfg().services.iter().find(|c| c.name == name) {
+        Some(c) => {
+            t.svcs.push(Svc {
+                cfg: c.clone(),
+                status: Status::Stopped,
+                child: None,
+                pid: None,
+                exit_code: None,
+                restarts: 0,
+                policy: Policy::default(),
+                next_start: None,
+                busy: false,
+            });
+            Ok(())
+        }
+        None => Err(format!("no such service: {name}")),
+    }
+}
+
+/// Starts a service now (also out of `fatal`). Already running: its entry unchanged.
+pub fn start(agent: &Agent, name: &str) -> Result<Value, String> {
+    let mut t = agent.control.services.lock();
+    if t.shutdown {
+        return Err("socketman is stopping".into());
+    }
+    known(agent, &mut t, name)?;
+    let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
+        return Err(format!("no such service: {name}"));
+    };
+    if s.busy {
+        return Err(format!("service {name} is being stopped"));
+    }
+    if s.child.is_none() {
+        s.policy.reset();
+        spawn_svc(agent, s, Instant::now())?;
+    }
+    Ok(entry_json(agent, s))
+}
+
+/// Stops a service: TERM to its group, KILL after 10 s. It stays stopped until started.
+pub fn stop(agent: &Agent, name: &str) -> Result<Value, String> {
+    let (pid, child) = {
+        let mut t = agent.control.services.lock();
+        known(agent, &mut t, name)?;
+        let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
+            return Err(format!("no such service: {name}"));
+        };
+        if s.busy {
+            return Err(format!("service {name} is being stopped"));
+        }
+        s.next_start = None;
+        match (s.pid, s.child.take()) {
+            (Some(pid), Some(child)) => {
+                s.busy = true;
+                (pid, child)
+            }
+            _ => {
+                set_status(agent, s, Status::Stopped);
+                return Ok(entry_json(agent, s));
+            }
+        }
+    };
+    log::info!("service {name}: stopping pid {pid}");
+    let done = terminate(vec![(pid, child)], STOP_GRACE);
+    let exit = done.first().and_then(|(_, e)| *e);
+    let mut t = agent.control.services.lock();
+    let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
+        return Err(format!("no such service: {name}"));
+    };
+    s.busy = false;
+    s.pid = None;
+    s.policy.started_at = None;
+    s.exit_code = exit.and_then(|e| e.code);
+    s.status = Status::Stopped;
+    publish(agent, s);
+    Ok(entry_json(agent, s))
+}
+
+/// Stop (when running) and start again; counted in `restarts`.
+pub fn restart(agent: &Agent, name: &str) -> Result<Value, String> {
+    stop(agent, name)?;
+    {
+        let mut t = agent.control.services.lock();
+        if let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) {
+            s.restarts += 1;
+        }
+    }
+    start(agent, name)
+}
+
+/// Stops every service (TERM to all groups, KILL after 10 s) and starts none any more. For
+/// the clean stop of SPEC §10.
+pub fn stop_all(agent: &Agent) {
+    stop_all_within(agent, STOP_GRACE);
+}
+
+/// [`stop_all`] with the KILL coming by `deadline` at the latest (at least 1 s after TERM),
+/// so that the agent's own stop stays bounded.
+pub fn stop_all_by(agent: &Agent, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    stop_all_within(agent, left.clamp(Duration::from_secs(1), STOP_GRACE));
+}
+
+fn stop_all_within(agent: &Agent, grace: Duration) {
+    let children: Vec<(i32, Child)> = {
+        let mut t = agent.control.services.lock();
+        t.shutdown = true;
+        t.svcs
+            .iter_mut()
+            .filter_map(|s| {
+                s.next_start = None;
+                let c = s.child.take()?;
+                Some((s.pid?, c))
+            })
+            .collect()
+    };
+    if children.is_empty() {
+        return;
+    }
+    log::info!("stopping {} service(s)", children.len());
+    let done = terminate(children, grace);
+    let mut t = agent.control.services.lock();
+    for (pid, exit) in done {
+        if let Some(s) = t.svcs.iter_mut().find(|s| s.pid == Some(pid)) {
+            s.pid = None;
+            s.exit_code = exit.and_then(|e| e.code);
+            s.status = Status::Stopped;
+            publish(agent, s);
+        }
+    }
+}
+
+/// Job types of this module.
+pub const TYPES: &[&str] = &[
+    "service.list",
+    "service.start",
+    "service.stop",
+    "service.restart",
+];
+
+/// Runs one `service.*` job.
+pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> {
+    if ty == "service.list" {
+        return Ok(json!({ "services": entries(agent) }));
+    }
+    let name = crate::procs::arg_str(args, "name")?;
+    match ty {
+        "service.start" => start(agent, name),
+        "service.stop" => stop(agent, name),
+        "service.restart" => restart(agent, name),
+        other => Err(format!("unknown_type: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn backoff_doubles_to_sixty() {
+        let t0 = Instant::now();
+        let mut p = Policy::default();
+        let mut delays = Vec::new();
+        let mut now = t0;
+        for _ in 0..8 {
+            p.on_start(now);
+            now += s(1);
+            match p.on_exit(now, false, RestartPolicy::Always) {
+                Next::Retry(d) => delays.push(d),
+                other => panic!("unexpected {other:?}"),
+            }
+            // Spread the failures so that they do not reach fatal.
+            now += s(60);
+        }
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
+    fn backoff_resets_after_sixty_seconds_up() {
+        let t0 = Instant::now();
+        let mut p = Policy::default();
+        p.on_start(t0);
+        assert_eq!(
+            p.on_exit(t0 + s(1), false, RestartPolicy::Always),
+            Next::Retry(1)
+        );
+        p.on_start(t0 + s(2));
+        assert_eq!(
+            p.on_exit(t0 + s(3), false, RestartPolicy::Always),
+            Next::Retry(2)
+        );
+        p.on_start(t0 + s(5));
+        assert_eq!(
+            p.on_exit(t0 + s(65), false, RestartPolicy::Always),
+            Next::Retry(1)
+        );
+    }
+
+    #[test]
+    fn fatal_after_ten_failed_starts_in_five_minutes() {
+        let t0 = Instant::now();
+        let mut p = Policy::default();
+        let mut now = t0;
+        for i in 0..9 {
+            p.on_start(now);
+            now += s(1);
+            assert!(
+                matches!(p.on_exit(now, false, RestartPolicy::Always), Next::Retry(_)),
+                "{i}"
+            );
+            now += s(1);
+        }
+        p.on_start(now);
+        assert_eq!(
+            p.on_exit(now + s(1), true, RestartPolicy::Always),
+            Next::Fatal
+        );
+        // A job start clears it.
+        p.reset();
+        p.on_start(now + s(2));
+        assert_eq!(
+            p.on_exit(now + s(3), false, RestartPolicy::Always),
+            Next::Retry(1)
+        );
+    }
+
+    #[test]
+    fn failures_older_than_the_window_do_not_count() {
+        let t0 = Instant::now();
+        let mut p = Policy::default();
+        let mut now = t0;
+        for _ in 0..30 {
+            p.on_start(now);
+            now += s(1);
+            assert!(matches!(
+                p.on_exit(now, false, RestartPolicy::Always),
+                Next::Retry(_)
+            ));
+            now += s(35); // 10 failures span 360 s > 300 s
+        }
+    }
+
+    #[test]
+    fn spawn_failures_count() {
+        let t0 = Instant::now();
+        let mut p = Policy::default();
+        for i in 0..9 {
+            assert!(matches!(p.on_spawn_failed(t0 + s(i)), Next::Retry(_)));
+        }
+        assert_eq!(p.on_spawn_failed(t0 + s(10)), Next::Fatal);
+    }
+
+    fn agent_with(services: Vec<ServiceConfig>, dir: &std::path::Path) -> Arc<Agent> {
+        let cfg = crate::config::Config {
+            services,
+            state_dir: dir.join("state"),
+            watchdog_port: 0,
+            ..Default::default()
+        };
+        Agent::new(cfg, dir.join("c.json"), None, "AA-BB-CC-DD-EE-FF".into())
+    }
+
+    fn svc(name: &str, cmd: &str, restart: RestartPolicy) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            cmd: cmd.into(),
+            dir: None,
+            version: Some("1.0".into()),
+            autostart: true,
+            restart,
+            heartbeat: false,
+            env: Default::default(),
+        }
+    }
+
+    fn events(agent: &Agent) -> Vec<Value> {
+        agent
+            .outbox
+            .drain()
+            .iter()
+            .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
+            .filter(|v| v["event_type"] == "SERVICE")
+            .map(|v| v["meta"].clone())
+            .collect()
+    }
+
+    fn status_of(agent: &Agent, name: &str) -> Status {
+        info(agent, name).unwrap().status
+    }
+
+    #[test]
+    fn killed_service_is_restarted_with_backoff() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(
+            vec![svc("a", "exec sleep 30", RestartPolicy::Always)],
+            d.path(),
+        );
+        let t0 = Instant::now();
+        tick(&a, t0);
+        let first = info(&a, "a").unwrap();
+        assert_eq!(first.status, Status::Running);
+        assert_eq!(first.version.as_deref(), Some("1.0"));
+        let pid = first.pid.unwrap();
+        crate::sys::kill(pid, libc::SIGKILL).unwrap();
+        for _ in 0..200 {
+            tick(&a, t0);
+            if status_of(&a, "a") == Status::Backoff {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(status_of(&a, "a"), Status::Backoff);
+        // Not before its one second.
+        tick(&a, t0 + Duration::from_millis(500));
+        assert_eq!(status_of(&a, "a"), Status::Backoff);
+        tick(&a, t0 + Duration::from_secs(2));
+        let again = info(&a, "a").unwrap();
+        assert_eq!(again.status, Status::Running);
+        assert_eq!(again.restarts, 1);
+        assert_ne!(again.pid, Some(pid));
+        let ev = events(&a);
+        let st: Vec<&str> = ev.iter().map(|e| e["status"].as_str().unwrap()).collect();
+        assert_eq!(st, vec!["running", "backoff", "running"]);
+        assert_eq!(ev[1]["exit_code"], Value::Null);
+        assert_eq!(ev[2]["pid"], json!(again.pid));
+        stop_all(&a);
+        assert_eq!(status_of(&a, "a"), Status::Stopped);
+        assert!(!crate::procs::alive(again.pid.unwrap()));
+        // Nothing starts after stop_all.
+        tick(&a, t0 + Duration::from_secs(100));
+        assert_eq!(status_of(&a, "a"), Status::Stopped);
+    }
+
+    #[test]
+    fn always_failing_service_goes_fatal_until_started() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(vec![svc("f", "exit 3", RestartPolicy::OnFailure)], d.path());
+        let mut t = Instant::now();
+        for _ in 0..3000 {
+            tick(&a, t);
+            if status_of(&a, "f") == Status::Fatal {
+                break;
+            }
+            t += Duration::from_secs(1);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(status_of(&a, "f"), Status::Fatal);
+        let ev = events(&a);
+        assert_eq!(ev.iter().filter(|e| e["status"] == "running").count(), 10);
+        assert_eq!(ev.last().unwrap()["status"], "fatal");
+        assert_eq!(ev.last().unwrap()["exit_code"], 3);
+        assert_eq!(info(&a, "f").unwrap().restarts, 9);
+        // Stays fatal.
+        tick(&a, t + Duration::from_secs(1000));
+        assert_eq!(status_of(&a, "f"), Status::Fatal);
+        // A job starts it again.
+        let e = start(&a, "f").unwrap();
+        assert_eq!(e["status"], "running");
+        assert_eq!(e["name"], "f");
+    }
+
+    #[test]
+    fn jobs_stop_start_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let mut manual = svc("m", "exec sleep 30", RestartPolicy::Always);
+        manual.autostart = false;
+        manual.dir = Some(d.path().to_string_lossy().into_owned());
+        manual.cmd = "echo $GREETING > out; exec sleep 30".into();
+        manual.env.insert("GREETING".into(), "hello".into());
+        let a = agent_with(vec![manual], d.path());
+        tick(&a, Instant::now());
+        assert_eq!(status_of(&a, "m"), Status::Stopped);
+        let e = start(&a, "m").unwrap();
+        assert_eq!(e["status"], "running");
+        let pid = e["pid"].as_i64().unwrap() as i32;
+        for _ in 0..100 {
+            if std::fs::read_to_string(d.path().join("out")).is_ok_and(|s| s == "hello\n") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("out")).unwrap(),
+            "hello\n"
+        );
+        let r = restart(&a, "m").unwrap();
+        assert_eq!(r["restarts"], 1);
+        assert_ne!(r["pid"].as_i64().unwrap() as i32, pid);
+        assert!(!crate::procs::alive(pid));
+        let s = stop(&a, "m").unwrap();
+        assert_eq!(s["status"], "stopped");
+        assert_eq!(s["pid"], Value::Null);
+        tick(&a, Instant::now() + Duration::from_secs(100));
+        assert_eq!(status_of(&a, "m"), Status::Stopped);
+        assert_eq!(start(&a, "nope").unwrap_err(), "no such service: nope");
+        assert_eq!(entries(&a).len(), 1);
+    }
+
+    #[test]
+    fn config_changes_add_and_remove_services() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(
+            vec![svc("old", "exec sleep 30", RestartPolicy::Always)],
+            d.path(),
+        );
+        let t0 = Instant::now();
+        tick(&a, t0);
+        let old_pid = info(&a, "old").unwrap().pid.unwrap();
+        // HUP: "old" removed, "new" added.
+        let mut cfg = (*a.cfg()).clone();
+        cfg.services = vec![svc("new", "exec sleep 30", RestartPolicy::Always)];
+        a.set_config(cfg);
+        tick(&a, t0);
+        assert!(info(&a, "old").is_none());
+        let new_pid = info(&a, "new").unwrap().pid.unwrap();
+        for _ in 0..200 {
+            if !crate::procs::alive(old_pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!crate::procs::alive(old_pid), "removed service stopped");
+        assert!(crate::procs::alive(new_pid));
+        stop_all(&a);
+        assert!(!crate::procs::alive(new_pid));
+    }
+
+    #[test]
+    fn installed_version_dir_is_used() {
+        let d = tempfile::tempdir().unwrap();
+        let a = agent_with(
+            vec![svc(
+                "v",
+                "pwd > ../pwd.txt; exec sleep 30",
+                RestartPolicy::Never,
+            )],
+            d.path(),
+        );
+        let base = d.path().join("state/services/v");
+        std::fs::create_dir_all(base.join("2.0.1")).unwrap();
+        std::os::unix::fs::symlink("2.0.1", base.join("current")).unwrap();
+        tick(&a, Instant::now());
+        assert_eq!(info(&a, "v").unwrap().version.as_deref(), Some("2.0.1"));
+        for _ in 0..100 {
+            if base.join("pwd.txt").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pwd = std::fs::read_to_string(base.join("pwd.txt")).unwrap();
+        assert!(pwd.trim().ends_with("services/v/2.0.1"), "{pwd}");
+        stop_all(&a);
+    }
+
+    #[test]
+    fn restart_policies() {
+        let t0 = Instant::now();
+        let mut p = Policy::default();
+        p.on_start(t0);
+        assert_eq!(
+            p.on_exit(t0 + s(1), true, RestartPolicy::OnFailure),
+            Next::Stopped
+        );
+        p.on_start(t0);
+        assert_eq!(
+            p.on_exit(t0 + s(1), false, RestartPolicy::OnFailure),
+            Next::Retry(1)
+        );
+        p.on_start(t0);
+        assert_eq!(
+            p.on_exit(t0 + s(1), false, RestartPolicy::Never),
+            Next::Stopped
+        );
+        p.on_start(t0);
+        assert_eq!(
+            p.on_exit(t0 + s(100), true, RestartPolicy::Always),
+            Next::Retry(1)
+        );
+    }
+}
