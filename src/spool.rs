@@ -417,6 +417,80 @@ fn valid_lines(data: &[u8], path: &Path) -> (Vec<u8>, usize) {
     (out, n)
 }
 
+/// Where a RAM-backed cache is saved (in `state_dir`) at a clean stop and before a reboot.
+pub const RESCUE_DIR: &str = "cache-rescue";
+
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n == DROPPED_FILE || (n.starts_with("seg-") && n.ends_with(".ndjson"))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// "Write the cache" (SPEC §10) when `cache_dir` is on tmpfs (the default `/tmp` on OpenWrt)
+/// and `state_dir` is not: copies the unsent records to `state_dir/cache-rescue/` so that a
+/// reboot does not lose them. Written once per stop or reboot, not per record, to spare the
+/// flash. Returns the number of files saved.
+pub fn rescue(cache_dir: &Path, state_dir: &Path) -> io::Result<usize> {
+    if !crate::sys::is_ram_fs(cache_dir) || crate::sys::is_ram_fs(state_dir) {
+        return Ok(0);
+    }
+    rescue_to(cache_dir, &state_dir.join(RESCUE_DIR))
+}
+
+fn rescue_to(cache_dir: &Path, to: &Path) -> io::Result<usize> {
+    let files = cache_files(cache_dir);
+    if to.exists() {
+        fs::remove_dir_all(to)?;
+    }
+    if files.is_empty() {
+        return Ok(0);
+    }
+    crate::state::ensure_dir(to)?;
+    for f in &files {
+        let data = fs::read(f)?;
+        if let Some(name) = f.file_name() {
+            crate::state::write_atomic(&to.join(name), &data)?;
+        }
+    }
+    Ok(files.len())
+}
+
+/// Puts records saved by [`rescue`] back into `cache_dir` (files already there — a restart
+/// without a reboot — are kept as they are), then removes the rescue copy. Call before
+/// [`Spool::open`]. Returns the number of files restored.
+pub fn restore(cache_dir: &Path, state_dir: &Path) -> io::Result<usize> {
+    restore_from(&state_dir.join(RESCUE_DIR), cache_dir)
+}
+
+fn restore_from(from: &Path, cache_dir: &Path) -> io::Result<usize> {
+    if !from.is_dir() {
+        return Ok(0);
+    }
+    crate::state::ensure_dir(cache_dir)?;
+    let mut n = 0;
+    for f in cache_files(from) {
+        let Some(name) = f.file_name() else { continue };
+        let dest = cache_dir.join(name);
+        if !dest.exists() {
+            crate::state::write_atomic(&dest, &fs::read(&f)?)?;
+            n += 1;
+        }
+    }
+    fs::remove_dir_all(from)?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,5 +708,44 @@ mod tests {
         sp.release();
         sp.append(&rec(4)).unwrap();
         assert_eq!(drain(&mut sp), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn rescue_and_restore_keep_records_across_a_wiped_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let (cache, saved) = (d.path().join("cache"), d.path().join("state/cache-rescue"));
+        let mut sp = Spool::open(&cache, 5_000_000).unwrap();
+        for i in 0..5 {
+            sp.append(&rec(i)).unwrap();
+        }
+        sp.count_dropped(3);
+        drop(sp);
+        assert!(rescue_to(&cache, &saved).unwrap() >= 2);
+        // A restart without a reboot: the cache is still there, nothing is doubled.
+        assert_eq!(restore_from(&saved, &cache).unwrap(), 0);
+        assert!(!saved.exists());
+        let mut sp = Spool::open(&cache, 5_000_000).unwrap();
+        assert_eq!(sp.stats().records, 5);
+        drop(sp);
+        // A reboot: tmpfs is empty again.
+        rescue_to(&cache, &saved).unwrap();
+        fs::remove_dir_all(&cache).unwrap();
+        assert!(restore_from(&saved, &cache).unwrap() >= 2);
+        let mut sp = Spool::open(&cache, 5_000_000).unwrap();
+        assert_eq!(sp.stats().records, 5);
+        assert_eq!(sp.dropped(), 3);
+        assert_eq!(drain(&mut sp), vec![0, 1, 2, 3, 4]);
+        // Nothing to save: an old rescue copy is removed.
+        fs::create_dir_all(&saved).unwrap();
+        fs::remove_dir_all(&cache).unwrap();
+        assert_eq!(rescue_to(&cache, &saved).unwrap(), 0);
+        assert!(!saved.exists());
+        if !crate::sys::is_ram_fs(d.path()) {
+            assert_eq!(
+                rescue(&cache, &d.path().join("state")).unwrap(),
+                0,
+                "only a RAM cache is rescued"
+            );
+        }
     }
 }

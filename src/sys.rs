@@ -190,6 +190,22 @@ pub fn cloexec_from_3() -> usize {
     fds.len()
 }
 
+/// True when `path` is on a RAM file system (tmpfs, ramfs), which a reboot empties.
+pub fn is_ram_fs(path: &std::path::Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is a valid value of a plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated string and st a valid, writable struct.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as i64;
+    rc == 0 && (t == TMPFS_MAGIC || t == RAMFS_MAGIC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +219,11 @@ mod tests {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         let (total, _, avail) = statvfs("/").unwrap();
         assert!(total > 0 && avail <= total);
+        assert!(
+            is_ram_fs(std::path::Path::new("/dev/shm"))
+                || !std::path::Path::new("/dev/shm").exists()
+        );
+        assert!(!is_ram_fs(std::path::Path::new("/proc")));
         assert_eq!(
             ipv4_addrs_of("lo").unwrap().first(),
             Some(&std::net::Ipv4Addr::LOCALHOST)

@@ -193,8 +193,8 @@ pub fn upload_now(agent: &Agent) {
 
 /// Before a reboot or stop: waits for an append in progress, then syncs the cache files and
 /// directory. Every record is already synced when appended; this only closes the window of
-/// the record being written. (With `cache_dir` on tmpfs, as `/tmp` on OpenWrt, a reboot
-/// still loses the cache: point `cache_dir` at flash to keep it across reboots.)
+/// the record being written. When `cache_dir` is on tmpfs (`/tmp` on OpenWrt) the records are
+/// also copied to `state_dir` ([`crate::spool::rescue`]) and put back at the next start.
 pub fn flush(agent: &Agent) {
     let s = handle(agent);
     let mut g = s.spool();
@@ -206,6 +206,19 @@ pub fn flush(agent: &Agent) {
         ),
         Some(Err(e)) => log::error!("stats cache flush: {e}"),
         None => {}
+    }
+    let cfg = agent.cfg();
+    match crate::spool::rescue(&cfg.cache_dir, &cfg.state_dir) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "stats cache is in RAM ({}): {n} files saved to {} for after a reboot",
+            cfg.cache_dir.display(),
+            cfg.state_dir.join(crate::spool::RESCUE_DIR).display()
+        ),
+        Err(e) => log::error!(
+            "stats cache could not be saved to {}: {e}",
+            cfg.state_dir.display()
+        ),
     }
 }
 

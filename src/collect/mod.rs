@@ -129,6 +129,14 @@ pub(crate) fn test_override_ms(var: &str) -> Option<Duration> {
 /// in `agent.stats`. Call once, from `agent::run`.
 pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
     let cfg = agent.cfg();
+    match crate::spool::restore(&cfg.cache_dir, &cfg.state_dir) {
+        Ok(0) => {}
+        Ok(n) => log::info!("stats: {n} cache files saved before the last stop or reboot put back"),
+        Err(e) => log::error!(
+            "stats: cache saved in {} could not be put back: {e}",
+            cfg.state_dir.display()
+        ),
+    }
     let stats = crate::upload::Stats::open(&cfg);
     let stats = agent.stats.get_or_init(|| stats).clone();
     // 401 from the stats API: re-provision with `-b` (SPEC §5, §7), on the uploader thread.

@@ -598,3 +598,46 @@ fn collect_once_prints_one_record_line() {
     let (rc, _, err) = run_bin(&["--collect-once", &format!("--config={}", bad.display())]);
     assert_eq!(rc, 2, "{err}");
 }
+
+/// A cache in RAM (tmpfs, as `/tmp` on OpenWrt) is saved to `state_dir` at the clean stop
+/// and put back at the next start, so a reboot (here: the tmpfs directory wiped) loses nothing.
+#[test]
+fn stats_ram_cache_survives_a_reboot_through_state_dir() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("NOT RUN: no /dev/shm tmpfs on this machine");
+        return;
+    }
+    let ram = tempfile::tempdir_in(shm).unwrap();
+    let cache = ram.path().join("cache");
+    let b = Broker::start();
+    let api = Api::start(Some(500));
+    let c2 = cache.clone();
+    let mut a = start(&b, &api.url(), move |c| c["cache_dir"] = json!(c2));
+    wait_until(&a, "4 records cached", |a| {
+        a.log().matches("stats: record cached").count() >= 4
+    });
+    let (st, _) = a.term();
+    assert!(st.success());
+    let stored = cached_count(&a);
+    let saved = a.dir.path().join("state/cache-rescue");
+    assert!(saved.is_dir(), "no rescue copy in state_dir\n{}", a.log());
+    // The "reboot": tmpfs comes back empty.
+    std::fs::remove_dir_all(&cache).unwrap();
+    api.set(Some(200));
+    a.spawn();
+    a.wait_online(2);
+    api.wait("records from before the reboot", &a, |x| {
+        x.accepted().len() >= stored
+    });
+    assert!(!saved.exists(), "rescue copy removed once put back");
+    let times: Vec<u64> = api
+        .accepted()
+        .iter()
+        .map(|r| r["created_at"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
+    );
+}
