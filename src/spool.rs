@@ -724,7 +724,7 @@ mod tests {
         // A restart without a reboot: the cache is still there, nothing is doubled.
         assert_eq!(restore_from(&saved, &cache).unwrap(), 0);
         assert!(!saved.exists());
-        let mut sp = Spool::open(&cache, 5_000_000).unwrap();
+        let sp = Spool::open(&cache, 5_000_000).unwrap();
         assert_eq!(sp.stats().records, 5);
         drop(sp);
         // A reboot: tmpfs is empty again.
