@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::events::Outbox;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// What the monitor last found (SPEC §6); `None` fields are not known yet.
@@ -42,6 +42,9 @@ pub struct Agent {
     pub mqtt_connected: AtomicBool,
     /// Last connectivity check.
     pub net: Mutex<NetStatus>,
+    /// Stats spool and upload trigger (issue 3; `crate::upload::handle` creates it on first
+    /// use): healthz reads the cache counters, USR1 calls `crate::upload::upload_now`.
+    pub stats: OnceLock<Arc<crate::upload::Stats>>,
     /// Process control (issue 5): processes started by jobs, supervised services, heartbeats.
     pub control: crate::procs::Control,
     /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
@@ -66,6 +69,7 @@ impl Agent {
             outbox,
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
+            stats: OnceLock::new(),
             control: crate::procs::Control::default(),
             monitor: crate::monitor::Shared::default(),
         })
@@ -292,6 +296,9 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
+    if let Err(e) = crate::collect::spawn(&agent) {
+        log::error!("stats: cannot start the collector/uploader threads: {e}");
+    }
     crate::supervisor::spawn(&agent);
     crate::watchdog::spawn(&agent);
     crate::monitor::spawn(&agent)
@@ -310,7 +317,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                 break;
             }
             SIGHUP => reload(&agent),
-            SIGUSR1 => log::info!("USR1: stats upload is not built yet"),
+            SIGUSR1 => crate::upload::upload_now(&agent),
             _ => {}
         }
     }
@@ -341,6 +348,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    crate::collect::wait_stopped(&agent, deadline); // stats: finish the record being written
     phase("threads joined");
     log::info!("stopped in {:.1} s", begin.elapsed().as_secs_f32());
     Ok(())

@@ -170,11 +170,19 @@ fn check_config(path: &std::path::Path) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `--collect-once` (SPEC §1): one record on stdout as one JSON line; no network. Without
+/// `--config` the defaults are used (e.g. `lease_file`, `scan`).
 fn collect_once(path: Option<&std::path::Path>) -> Result<(), Fatal> {
-    let _ = path;
-    Err(Fatal::Other(
-        "--collect-once: stats collection is not built yet".into(),
-    ))
+    let cfg = match path {
+        Some(p) => {
+            crate::config::load(p)
+                .map_err(|e| Fatal::Config(e.to_string()))?
+                .0
+        }
+        None => crate::config::Config::default(),
+    };
+    println!("{}", crate::collect::collect_once(&cfg));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! Everything comes from real state: the supervisor's table, the watchdog's heartbeats, the
 //! MQTT link flag, the monitor's last connectivity check, `iw dev`. A part this build does not
-//! know (no wireless client interface, no stats cache yet) is left out, never made up.
+//! know (no wireless client interface; no stats cache before the collector runs) is left out,
+//! never made up. `meta.cache` is the stats spool's `{records, bytes, dropped}`.
 //! `daemons` is filled only when `daemons` is configured (one init script call per daemon is
 //! cheap for a short allow-list, too slow for a whole `init_dir`).
 //!
@@ -97,6 +98,13 @@ pub fn healthz(agent: &Agent) -> Value {
     );
     if let Some(w) = wifi_status() {
         meta.insert("wifi_status".into(), w);
+    }
+    if let Some(stats) = agent.stats.get() {
+        let c = stats.cache_stats();
+        meta.insert(
+            "cache".into(),
+            json!({"records": c.records, "bytes": c.bytes, "dropped": c.dropped}),
+        );
     }
     meta.insert(
         "watchdog".into(),

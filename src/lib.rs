@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod daemons;
 pub mod events;
@@ -20,10 +21,12 @@ pub mod procs;
 pub mod provision;
 pub mod recovery;
 pub mod selfupdate;
+pub mod spool;
 pub mod state;
 pub mod supervisor;
 pub mod sys;
 pub mod update;
+pub mod upload;
 pub mod watchdog;
 
 /// `socketman <semver> (<git sha or "unknown">)`, as `--version` prints it.

@@ -23,6 +23,11 @@ impl Log for Logger {
         if m.target().starts_with("paho_mqtt") && log::max_level() < LevelFilter::Debug {
             return false;
         }
+        // ureq logs every request URL, `access_token` included, at debug level: those lines
+        // never pass (the token must not reach the log); its warnings and errors do.
+        if m.target().starts_with("ureq") && m.level() > Level::Warn {
+            return false;
+        }
         m.level() <= log::max_level()
     }
 

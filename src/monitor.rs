@@ -328,11 +328,9 @@ fn reboot_sequence(agent: &Arc<Agent>, cfg: &Config, offline_s: u64) {
     log::error!("forced reboot failed: {e}");
 }
 
-/// Hook run right before a reboot: writes out whatever the stats cache holds in memory.
-/// The lead wires the spool here; until then there is nothing in memory to lose.
+/// Hook run right before a reboot: the stats cache is made durable (`upload::flush`).
 pub fn flush_before_reboot(agent: &Arc<Agent>) {
-    let _ = agent;
-    log::debug!("reboot: no cache flush hook wired in this build");
+    crate::upload::flush(agent);
 }
 
 /// Publishes a `reboot.json` left by the previous run once, as

@@ -106,6 +106,17 @@ pub fn force_reboot() -> io::Error {
 /// IPv4 addresses of network interface `iface` (getifaddrs(3)), in the kernel's order.
 /// Used for `wan_ip` (SPEC §5, §6): the address of the default-route interface.
 pub fn ipv4_addrs_of(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    Ok(ipv4_addresses()?
+        .into_iter()
+        .filter(|(n, _, _)| n == iface)
+        .map(|(_, a, _)| a)
+        .collect())
+}
+
+/// The IPv4 addresses of every interface, from `getifaddrs(3)`, in the kernel's order:
+/// (interface name, address, prefix length). The stats collector lists them per interface;
+/// IPv6 comes from `/proc/net/if_inet6`.
+pub fn ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a pointer to a list it allocates into `head`.
     let rc = unsafe { libc::getifaddrs(&mut head) };
@@ -122,11 +133,6 @@ pub fn ipv4_addrs_of(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
         if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
             continue;
         }
-        // SAFETY: ifa_name is a NUL-terminated C string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != iface.as_bytes() {
-            continue;
-        }
         // SAFETY: ifa_addr is non-null and points at a sockaddr of at least the family field.
         let family = unsafe { (*ifa.ifa_addr).sa_family };
         if i32::from(family) != libc::AF_INET {
@@ -135,7 +141,24 @@ pub fn ipv4_addrs_of(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
         // SAFETY: for AF_INET the kernel stores a sockaddr_in at ifa_addr; read_unaligned
         // does not assume the alignment of sockaddr_in.
         let sin = unsafe { std::ptr::read_unaligned(ifa.ifa_addr as *const libc::sockaddr_in) };
-        out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        let prefix = if ifa.ifa_netmask.is_null() {
+            32
+        } else {
+            // SAFETY: the netmask of an AF_INET address is a sockaddr_in as well.
+            let m =
+                unsafe { std::ptr::read_unaligned(ifa.ifa_netmask as *const libc::sockaddr_in) };
+            u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+        };
+        // SAFETY: ifa_name is a non-null NUL-terminated C string owned by the list; it is
+        // copied before the list is freed.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        out.push((
+            name,
+            std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+            prefix,
+        ));
     }
     // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
@@ -167,6 +190,22 @@ pub fn cloexec_from_3() -> usize {
     fds.len()
 }
 
+/// True when `path` is on a RAM file system (tmpfs, ramfs), which a reboot empties.
+pub fn is_ram_fs(path: &std::path::Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is a valid value of a plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated string and st a valid, writable struct.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as i64;
+    rc == 0 && (t == TMPFS_MAGIC || t == RAMFS_MAGIC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,11 +219,20 @@ mod tests {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         let (total, _, avail) = statvfs("/").unwrap();
         assert!(total > 0 && avail <= total);
+        assert!(
+            is_ram_fs(std::path::Path::new("/dev/shm"))
+                || !std::path::Path::new("/dev/shm").exists()
+        );
+        assert!(!is_ram_fs(std::path::Path::new("/proc")));
         assert_eq!(
             ipv4_addrs_of("lo").unwrap().first(),
             Some(&std::net::Ipv4Addr::LOCALHOST)
         );
         assert!(ipv4_addrs_of("no-such-if0").unwrap().is_empty());
+        let v4 = ipv4_addresses().unwrap();
+        assert!(v4
+            .iter()
+            .any(|(n, a, p)| n == "lo" && a.is_loopback() && *p == 8));
     }
 
     #[test]

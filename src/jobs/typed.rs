@@ -11,6 +11,8 @@ use std::sync::Arc;
 /// REJECTED `unknown_type`.
 pub const TYPES: &[&str] = &[
     "ping",
+    // stats (issue 3)
+    "stats",
     // process control (issue 5)
     "healthz",
     "usage",
@@ -82,6 +84,7 @@ pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> 
         "ping" => {
             Ok(json!({"uptime": crate::identity::system_uptime(), "version": crate::VERSION}))
         }
+        "stats" => Ok(crate::collect::job_record(agent)),
         "healthz" | "usage" => crate::healthz::run(agent, ty),
         t if t.starts_with("process.") => crate::procs::run(agent, t, args),
         t if t.starts_with("daemon.") => crate::daemons::run(agent, t, args),

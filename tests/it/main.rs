@@ -4,9 +4,12 @@
 //! real HTTP/1.1 server.
 
 mod http;
+mod stats_wire;
 mod support;
 
 mod core;
 mod monitor;
 mod procs;
+mod smctl;
+mod stats;
 mod update;

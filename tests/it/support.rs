@@ -575,3 +575,19 @@ pub fn run_bin(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// (smctl tests) As [`Agent::prepare`], on the topic and key of `other`: several devices of
+/// one fleet (`T/K`), each with its own MAC and test client.
+pub fn prepare_sharing(broker: &Broker, other: &Agent, edit: impl FnOnce(&mut Value)) -> Agent {
+    let (t, k) = (other.topic.clone(), other.key.clone());
+    let (t2, k2) = (t.clone(), k.clone());
+    let mut a = Agent::prepare(broker, move |c| {
+        c["topic"] = json!(t2);
+        c["key"] = json!(k2);
+        edit(c)
+    });
+    a.topic = t;
+    a.key = k;
+    a.client = Client::connect(broker.port, &a.topic, &a.key, &a.mac);
+    a
+}
