@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI step for issue 7: static musl builds for x86_64 and aarch64, the qemu round trip
 # (version, collect-once, job over MQTT and MQTT/TLS) for both, and an .ipk per target,
-# unpacked and checked. Installs what is missing (apt, rustup, pip); caches nothing
+# unpacked and checked; first the procd init script test. Installs what is missing (apt, rustup, pip); caches nothing
 # outside the repository's target/ directory.
 #
 #   scripts/ci-static.sh            # both targets
@@ -15,6 +15,9 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 OUT=$ROOT/target/ipk
 SUMMARY=()
 t0=$(date +%s)
+
+echo "=== procd init script (stand-in procd/UCI functions)"
+sh scripts/test-openwrt-init.sh
 
 openwrt_arch() {
     case "$1" in

@@ -87,5 +87,5 @@ run_case provision "" "" https://init.example/i 2
 expect provision "^open main$"
 expect provision "^append command -b https://init.example/i$"
 
-echo "init script: $PASS passed, $FAIL failed"
+echo "openwrt-init: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
