@@ -48,11 +48,9 @@ log() { echo "build-static: $*" >&2; }
 die() { echo "build-static: error: $*" >&2; exit 1; }
 
 APT_UPDATED=0
-apt_install() { # apt_install CMD PACKAGE... — install PACKAGEs when CMD is missing
-    local cmd=$1; shift
-    command -v "$cmd" >/dev/null 2>&1 && return 0
-    [ "$INSTALL" = 1 ] || die "$cmd is missing (apt-get install $*)"
-    command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and there is no apt-get: install $*"
+apt_get_install() { # apt_get_install PACKAGE...
+    [ "$INSTALL" = 1 ] || die "missing: $* (apt-get install $*)"
+    command -v apt-get >/dev/null 2>&1 || die "no apt-get: install $* by hand"
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     if [ "$APT_UPDATED" = 0 ]; then
@@ -63,11 +61,16 @@ apt_install() { # apt_install CMD PACKAGE... — install PACKAGEs when CMD is mi
     log "apt-get install $*"
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
 }
+apt_install() { # apt_install CMD PACKAGE... — install PACKAGEs when CMD is missing
+    local cmd=$1; shift
+    command -v "$cmd" >/dev/null 2>&1 || apt_get_install "$@"
+}
 
 ensure_zig() {
     if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! { command -v zig >/dev/null 2>&1 || python3 -m ziglang version >/dev/null 2>&1; }; then
         [ "$INSTALL" = 1 ] || die "zig / cargo-zigbuild missing (pip install ziglang==$ZIG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION)"
         apt_install python3 python3 python3-pip
+        python3 -m pip --version >/dev/null 2>&1 || apt_get_install python3-pip
         log "pip install ziglang==$ZIG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
         python3 -m pip install -q "ziglang==$ZIG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION" >&2 \
             || python3 -m pip install -q --break-system-packages "ziglang==$ZIG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION" >&2
@@ -98,10 +101,7 @@ ensure_target() { # ensure_target TOOLCHAIN TRIPLE
 kernel_headers_dir() {
     local arch=$1
     local dir="$ROOT/target/kernel-headers-$arch"
-    if [ ! -f /usr/include/linux/mman.h ]; then
-        [ "$INSTALL" = 1 ] || die "kernel headers missing (apt-get install linux-libc-dev)"
-        apt_install socketman-no-such-command linux-libc-dev
-    fi
+    [ -f /usr/include/linux/mman.h ] || apt_get_install linux-libc-dev
     if [ ! -d "$dir" ]; then
         mkdir -p "$dir"
         ln -sfn /usr/include/linux "$dir/linux"
