@@ -33,7 +33,7 @@ pub enum Kind {
     Shell,
     /// A shell job with network safety; runs alone.
     Network,
-    /// A typed job of [`super::typed::TYPES`].
+    /// A typed job ([`super::typed::all_types`]).
     Typed,
 }
 

@@ -7,44 +7,37 @@ use crate::agent::Agent;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// Every typed job this build runs (besides shell jobs). Anything else with a dot is
+/// The typed jobs answered here; the `process.*`, `daemon.*` and `service.*` families are
+/// listed by their modules ([`all_types`] gives every one). Anything else with a dot is
 /// REJECTED `unknown_type`.
 pub const TYPES: &[&str] = &[
     "ping",
-    // stats (issue 3)
     "stats",
-    // process control (issue 5)
     "healthz",
     "usage",
-    "process.start",
-    "process.stop",
-    "process.signal",
-    "process.status",
-    "process.list",
-    "process.info",
-    "daemon.list",
-    "daemon.info",
-    "daemon.start",
-    "daemon.stop",
-    "daemon.restart",
-    "daemon.reload",
-    "daemon.enable",
-    "daemon.disable",
-    "service.list",
-    "service.start",
-    "service.stop",
-    "service.restart",
-    // updates (issue 6)
     "service.update",
     "agent.update",
 ];
+
+/// The type lists of every module that runs typed jobs.
+const FAMILIES: &[&[&str]] = &[
+    TYPES,
+    crate::procs::TYPES,
+    crate::daemons::TYPES,
+    crate::supervisor::TYPES,
+];
+
+/// Every typed job this build runs (besides shell jobs).
+pub fn all_types() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().flat_map(|f| f.iter().copied())
+}
 
 /// Types that are shell jobs with network safety (SPEC §4.4).
 pub const NETWORK_TYPES: &[&str] = &["network", "networking", "all"];
 
 /// True when `ty` is run as a typed job by [`run`].
 pub fn is_typed(ty: &str) -> bool {
-    TYPES.contains(&ty)
+    FAMILIES.iter().any(|f| f.contains(&ty))
 }
 
 /// A failed typed job: the message for `meta.error`, and a `result` when the job has one
@@ -86,11 +79,9 @@ pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> 
         }
         "stats" => Ok(crate::collect::job_record(agent)),
         "healthz" | "usage" => crate::healthz::run(agent, ty),
-        t if t.starts_with("process.") => crate::procs::run(agent, t, args),
-        t if t.starts_with("daemon.") => crate::daemons::run(agent, t, args),
-        t if t.starts_with("service.") && crate::supervisor::TYPES.contains(&t) => {
-            crate::supervisor::run(agent, t, args)
-        }
+        t if crate::procs::TYPES.contains(&t) => crate::procs::run(agent, t, args),
+        t if crate::daemons::TYPES.contains(&t) => crate::daemons::run(agent, t, args),
+        t if crate::supervisor::TYPES.contains(&t) => crate::supervisor::run(agent, t, args),
         "service.update" => crate::update::run(agent, args).map_err(|f| f.error),
         "agent.update" => {
             Err("agent.update runs through typed::run_job (it needs the job id)".into())
@@ -99,5 +90,42 @@ pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> 
             let _ = agent;
             Err(format!("unknown_type: {other}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn every_listed_type_has_an_arm() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            topic: "t".into(),
+            key: "k".into(),
+            mqtt_host: "h".into(),
+            state_dir: d.path().join("state"),
+            cache_dir: d.path().join("cache"),
+            init_dir: d.path().join("init.d").display().to_string(),
+            ..Config::default()
+        };
+        let agent = Agent::new(
+            cfg,
+            d.path().join("c.json"),
+            None,
+            "02-00-00-00-00-09".into(),
+        );
+        let mut n = 0;
+        for ty in all_types() {
+            assert!(is_typed(ty));
+            // Empty args: every job either answers or names what is missing — never "unknown".
+            if let Err(f) = run_job(&agent, "id-1", ty, &json!({})) {
+                assert!(!f.error.starts_with("unknown_type"), "{ty}: {}", f.error);
+            }
+            n += 1;
+        }
+        assert_eq!(n, 24, "the 24 typed jobs of SPEC §4.4");
+        assert!(!is_typed("process.explode") && !is_typed("cmd"));
     }
 }
