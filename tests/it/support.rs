@@ -270,7 +270,13 @@ impl Client {
         let opts = mqtt::ConnectOptionsBuilder::new_v3()
             .clean_session(true)
             .finalize();
-        cli.connect(opts).expect("test client connect");
+        // Under load a fresh broker may be slow to accept: a few tries before failing.
+        let mut tries = 0;
+        while let Err(e) = cli.connect(opts.clone()) {
+            tries += 1;
+            assert!(tries < 10, "test client connect to 127.0.0.1:{port}: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let tail = format!("{topic}/{key}/{mac}");
         for t in ["delivery", "pub", "status"] {
             cli.subscribe(&format!("{t}/{tail}"), 1).expect("subscribe");
