@@ -205,8 +205,11 @@ fn setup_ca_bundle() {
     }
 }
 
-/// Re-reads the config on HUP, keeping the old one when the new one is invalid.
-pub fn reload(agent: &Arc<Agent>) {
+/// Re-reads the config on HUP, keeping the old one when the new one is invalid. Returns true
+/// when the new config changes what only a fresh start can apply (the MQTT connection,
+/// `job_workers`, `state_dir`, `cache_dir`, `watchdog_port`): the caller then stops cleanly
+/// and re-executes itself with the same arguments.
+pub fn reload(agent: &Arc<Agent>) -> bool {
     match crate::config::load(&agent.config_path) {
         Ok((new, notes)) => {
             for n in notes {
@@ -222,21 +225,47 @@ pub fn reload(agent: &Arc<Agent>) {
                 || old.topic != new.topic
                 || old.key != new.key
                 || old.mac != new.mac;
-            if mqtt_changed {
-                log::warn!("HUP: MQTT connection settings changed; they take effect at the next start of socketman");
-            }
-            if old.job_workers != new.job_workers
+            let restart = mqtt_changed
+                || old.job_workers != new.job_workers
                 || old.state_dir != new.state_dir
                 || old.cache_dir != new.cache_dir
-            {
-                log::warn!("HUP: job_workers, state_dir and cache_dir take effect at the next start of socketman");
-            }
+                || old.watchdog_port != new.watchdog_port;
             crate::logging::set_level(new.debug);
             agent.set_config(new);
-            log::info!("HUP: config {} reloaded", agent.config_path.display());
+            if restart {
+                log::warn!(
+                    "HUP: config {} changes the MQTT connection, job_workers, state_dir, cache_dir or watchdog_port; restarting in place to apply it",
+                    agent.config_path.display()
+                );
+            } else {
+                log::info!("HUP: config {} reloaded", agent.config_path.display());
+            }
+            restart
         }
-        Err(e) => log::error!("HUP: {e}; keeping the running config"),
+        Err(e) => {
+            log::error!("HUP: {e}; keeping the running config");
+            false
+        }
     }
+}
+
+/// Replaces this process with a fresh start of the same binary and arguments (after a clean
+/// stop). Returns only on failure.
+fn restart_in_place() -> Fatal {
+    use std::os::unix::process::CommandExt;
+    crate::sys::cloexec_from_3();
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return Fatal::Other(format!("cannot restart: path of the running binary: {e}")),
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(&exe);
+    if let Some(a0) = args.next() {
+        cmd.arg0(a0);
+    }
+    log::info!("restarting {}", exe.display());
+    let err = cmd.args(args).exec();
+    Fatal::Other(format!("cannot restart {}: {err}", exe.display()))
 }
 
 use crate::cli::Fatal;
@@ -306,6 +335,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     crate::selfupdate::on_start(&agent, &jobs);
 
     let mut why = "signal";
+    let mut restart = false;
     for sig in signals.forever() {
         match sig {
             SIGTERM => {
@@ -316,7 +346,13 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                 why = "INT";
                 break;
             }
-            SIGHUP => reload(&agent),
+            SIGHUP => {
+                if reload(&agent) {
+                    why = "HUP";
+                    restart = true;
+                    break;
+                }
+            }
             SIGUSR1 => crate::upload::upload_now(&agent),
             _ => {}
         }
@@ -351,5 +387,8 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     crate::collect::wait_stopped(&agent, deadline); // stats: finish the record being written
     phase("threads joined");
     log::info!("stopped in {:.1} s", begin.elapsed().as_secs_f32());
+    if restart {
+        return Err(restart_in_place());
+    }
     Ok(())
 }

@@ -551,3 +551,31 @@ fn hup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
         "still the reloaded config"
     );
 }
+
+#[test]
+fn hup_with_new_mqtt_settings_restarts_in_place_on_the_new_topic() {
+    let b = Broker::start();
+    let mut a = Agent::start(&b, |_| {});
+    let pid = a.pid();
+    let new_key = format!("{}x", a.key);
+    let mut cfg = a.config();
+    cfg["key"] = json!(new_key);
+    a.write_config(&cfg);
+    let moved = support::Client::connect(b.port, &a.topic, &new_key, &a.mac);
+    a.signal(1);
+    a.wait_msg(
+        Topic::Status,
+        |v| v["event_type"] == "CONNECT" && v["meta"]["online"] == "0",
+        T,
+    );
+    let _old = std::mem::replace(&mut a.client, moved);
+    a.key = new_key;
+    a.wait_online(1);
+    assert_eq!(a.pid(), pid);
+    assert!(
+        a.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the process re-executed itself, it did not exit"
+    );
+    assert_eq!(a.run("after-hup", "echo moved")["meta"]["msg"], "moved\n");
+    assert!(a.log().contains("restarting in place"), "{}", a.log());
+}
