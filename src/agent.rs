@@ -346,12 +346,11 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                 why = "INT";
                 break;
             }
-            SIGHUP => {
-                if reload(&agent) {
-                    why = "HUP";
-                    restart = true;
-                    break;
-                }
+            // HUP reloads; a change only a fresh start can apply ends the loop.
+            SIGHUP if reload(&agent) => {
+                why = "HUP";
+                restart = true;
+                break;
             }
             SIGUSR1 => crate::upload::upload_now(&agent),
             _ => {}
