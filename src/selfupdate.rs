@@ -42,6 +42,16 @@ pub const MARKER_FILE: &str = "pending-update.json";
 pub const VERSION_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The new process must reach the broker within this after its start (SPEC §9).
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The connect deadline: [`CONNECT_DEADLINE`], or `SOCKETMAN_TEST_UPDATE_DEADLINE_MS`
+/// (test-only, never on a device: lets the integration test watch the timer fire).
+fn connect_deadline() -> Duration {
+    std::env::var("SOCKETMAN_TEST_UPDATE_DEADLINE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(CONNECT_DEADLINE, Duration::from_millis)
+}
 /// Starts of the new binary without reaching the broker (crash loop under procd) before it
 /// rolls back at once.
 pub const MAX_STARTS: u32 = 3;
@@ -445,22 +455,23 @@ pub fn on_start(agent: &Arc<Agent>, jobs: &Arc<Jobs>) {
             }
             Start::RollBack(m, why) => roll_back(&a, &marker_file, m, why),
             Start::Confirm(m) => {
+                let limit = connect_deadline();
                 if let Err(e) = write_marker(&marker_file, &m) {
                     log::error!("cannot write {}: {e}", marker_file.display());
                 }
                 log::info!(
                     "agent.update job {}: waiting up to {} s for the broker (start {})",
                     m.job_id,
-                    CONNECT_DEADLINE.as_secs(),
+                    limit.as_secs(),
                     m.starts
                 );
-                if wait_connected(&a, Some(started + CONNECT_DEADLINE)) {
+                if wait_connected(&a, Some(started + limit)) {
                     report(&a, &jobs, &marker_file, &m, true, None);
                 } else if !a.stopping() {
                     let why = format!(
                         "update to {} failed: no broker connection within {} s; rolled back",
                         m.version,
-                        CONNECT_DEADLINE.as_secs()
+                        limit.as_secs()
                     );
                     roll_back(&a, &marker_file, m, why);
                 }

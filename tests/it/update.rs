@@ -3,7 +3,8 @@
 //! `service.update`: good update (single executable and .tar.gz), bad checksum, `../` archive,
 //! dead URL, a version that crashes at once (rolled back). `agent.update`: to a copy of the
 //! freshly built binary (re-exec, PROCESSED exactly once, not applied twice), and to a file
-//! that fails `--version` (refused, old binary untouched).
+//! that fails `--version` (refused, old binary untouched); the rollbacks of a new binary
+//! that cannot reach the broker (timer) or crash-loops.
 
 use crate::support::{now, Agent, Broker, Topic};
 use serde_json::{json, Value};
@@ -663,6 +664,95 @@ fn new_binary_in_a_crash_loop_rolls_back_to_bak() {
     let log = a.log();
     assert_eq!(log.matches("re-executing /").count(), 1, "{log}");
     assert_eq!(log.matches("starting as").count(), 2, "{log}");
+}
+
+/// Serves `data` once at `/next` and holds the answer until the test says go: the test
+/// learns that the agent has started the download and can pull the broker away first.
+fn gated_artifact(
+    data: Vec<u8>,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/next", l.local_addr().unwrap().port());
+    let (asked_tx, asked_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let files: Files = Arc::default();
+        files.lock().unwrap().insert("/next".into(), data);
+        if let Ok((s, _)) = l.accept() {
+            let _ = asked_tx.send(());
+            if go_rx.recv().is_ok() {
+                serve_one(s, &files);
+            }
+        }
+    });
+    (url, asked_rx, go_tx)
+}
+
+#[test]
+fn new_binary_without_broker_rolls_back_when_the_timer_fires() {
+    let mut b = Broker::start();
+    let (mut a, exe, bytes) = prepare_from_copy(&b);
+    // 3 s instead of 120 s, inherited by the re-executed process.
+    a.env
+        .push(("SOCKETMAN_TEST_UPDATE_DEADLINE_MS".into(), "3000".into()));
+    a.spawn();
+    a.wait_online(1);
+    let pid = a.pid().unwrap();
+    let mut new = bytes.clone();
+    new.extend_from_slice(b"\n-- new build --\n");
+    let sum = sha(&new);
+    let (url, asked, go) = gated_artifact(new.clone());
+    let version = env!("CARGO_PKG_VERSION");
+    a.send_job(&json!({"id": "self-2", "timestamp": now(),
+                       "meta": {"type": "agent.update", "args": {"url": url, "sha256": sum, "version": version}}}));
+    asked
+        .recv_timeout(T)
+        .expect("the agent downloads the update");
+    // The broker goes away before the new binary can reach it.
+    b.stop();
+    go.send(()).unwrap();
+    // The new binary starts, waits 3 s, restores .bak and re-executes the old one.
+    let end = Instant::now() + T;
+    while a.log().matches("starting as").count() < 3 {
+        assert!(Instant::now() < end, "no rollback\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = a.log();
+    assert!(
+        log.contains("no broker connection within 3 s; rolled back; restoring"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(&exe).unwrap(),
+        bytes,
+        "old binary back in place"
+    );
+    assert_eq!(dir_names(exe.parent().unwrap()), vec!["socketman"]);
+    assert_eq!(a.pid(), Some(pid), "re-executed in place both times");
+    assert!(pid_alive(pid as u64));
+    // The broker comes back: the old binary answers the job, once, with the reason.
+    b.restart();
+    a.client = crate::support::Client::connect(b.port, &a.topic, &a.key, &a.mac);
+    let ans = a.answer("self-2", T);
+    assert_eq!(ans["meta"]["success"], false, "{ans}");
+    assert_eq!(ans["meta"]["type"], "agent.update");
+    assert_eq!(
+        ans["meta"]["error"],
+        format!("update to {version} failed: no broker connection within 3 s; rolled back")
+    );
+    assert!(!a.dir.path().join("state/pending-update.json").exists());
+    let ping = a.job("ping", json!({}));
+    assert_eq!(ping["meta"]["success"], true);
+    assert_eq!(
+        a.count(Topic::Pub, |v| v["id"] == "self-2"),
+        1,
+        "answered exactly once"
+    );
+    assert_eq!(a.log().matches("re-executing /").count(), 2, "{}", a.log());
 }
 
 #[test]
