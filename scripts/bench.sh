@@ -3,7 +3,8 @@
 #   1. job round trip p50/p99 over sequential `true` jobs and jobs/s with a window of jobs in
 #      flight, for socketman with 1 and 4 workers and, in the same run, for the floor: a bare
 #      MQTT echo responder (examples/mqtt-echo.rs) on the same mosquitto (set_tcp_nodelay true);
-#   2. RSS after LOAD_N (10 000) jobs; idle RSS and CPU ticks over IDLE_S (60) s while connected
+#   2. RSS after LOAD_N (10 000) jobs (host build, and the static musl build when it exists);
+#      idle RSS and CPU ticks over IDLE_S (60) s while connected
 #      with collection on (monitor 15);
 #   3. the size of the static binary (musl) if built, else of the host release binary;
 #   4. a fleet simulation: N agent processes (FLEET_SIZES, default "50 200 1000") on one
@@ -99,9 +100,9 @@ agent_config() {
 EOF
 }
 
-# start_agent DIR → sets APID (log in DIR/log)
+# start_agent DIR [BINARY] → sets APID (log in DIR/log)
 start_agent() {
-  DEBUG=1 SOCKETMAN_NO_FORCE_REBOOT=1 "$SM" --config="$1/config.json" >>"$1/log" 2>&1 </dev/null &
+  DEBUG=1 SOCKETMAN_NO_FORCE_REBOOT=1 "${2:-$SM}" --config="$1/config.json" >>"$1/log" 2>&1 </dev/null &
   APID=$!
   PIDS+=("$APID")
 }
@@ -177,6 +178,22 @@ for V in w1 w4 w4shm; do
   if [ "$V" = w4shm ]; then rm -rf "$SHM"; fi
 done
 
+# The same load on the shipped binary (static musl, its own malloc) when it is built: RSS
+# under load depends on the allocator more than on socketman.
+MUSL=$ROOT/target/x86_64-unknown-linux-musl/release/socketman
+if [ -f "$MUSL" ]; then
+  echo "== static musl binary, job_workers 4: RSS over $LOAD_N jobs"
+  D=$WORK/agent-musl; MAC=02-BE-00-00-00-77
+  agent_config "$D" "$MAC" 4 3600
+  start_agent "$D" "$MUSL"; P=$APID
+  wait_online "$MAC"
+  drive "$MAC" "$SEQ_N" 1 >/dev/null
+  r0=$(rss_kb "$P")
+  drive "$MAC" "$LOAD_N" "$WINDOW" >"$R/load_musl.json"
+  echo "{\"rss_kb_before\": $r0, \"rss_kb_after\": $(rss_kb "$P"), \"jobs\": $LOAD_N}" >"$R/load_musl_rss.json"
+  kill_wait "$P"
+fi
+
 echo "== idle for $IDLE_S s (connected, collection on: monitor 15)"
 D=$WORK/agent-idle; MAC=02-1D-00-00-00-01
 agent_config "$D" "$MAC" 2 15
@@ -190,7 +207,6 @@ thr=$(ls "/proc/$P/task" | wc -l)
 echo "{\"seconds\": $IDLE_S, \"ticks\": $((t1 - t0)), \"clk_tck\": $TCK, \"rss_kb_start\": $r0, \"rss_kb_end\": $r1, \"threads\": $thr}" >"$R/idle.json"
 kill_wait "$P"
 
-MUSL=$ROOT/target/x86_64-unknown-linux-musl/release/socketman
 if [ -f "$MUSL" ]; then SIZE_BIN=$MUSL; SIZE_KIND="static musl (x86_64-unknown-linux-musl)"; else SIZE_BIN=$SM; SIZE_KIND="host release (glibc, dynamic); no musl build found"; fi
 echo "{\"path\": \"${SIZE_BIN#"$ROOT"/}\", \"kind\": \"$SIZE_KIND\", \"bytes\": $(stat -c %s "$SIZE_BIN")}" >"$R/size.json"
 kill_wait "$BPID"
@@ -235,6 +251,8 @@ res["machine"] = {"nproc": os.cpu_count(), "cpu": cpu, "mem_kb": mem, "kernel": 
 for k in ["echo_seq", "echo_tput", "w1_seq", "w1_tput", "w4_seq", "w4_tput", "w4shm_seq", "w4shm_tput", "w1_cpu", "w4_cpu", "w4shm_cpu", "load", "idle", "size"]:
     res[k] = j(k + ".json")
 res["load"].update(j("load_before.json")); res["load"].update(j("load_after.json"))
+if os.path.exists(os.path.join(R, "load_musl.json")):
+    res["load_musl"] = j("load_musl.json") | j("load_musl_rss.json")
 res["fleet"] = sorted((j(os.path.basename(f)) | {"smctl": {k: v for k, v in j(os.path.basename(f)[:-5] + "_smctl.json").items() if k != "devices"}}
                        for f in glob.glob(os.path.join(R, "fleet*.json")) if "_smctl" not in f), key=lambda x: x["n"])
 e = res["echo_seq"]; et = res["echo_tput"]
@@ -256,6 +274,9 @@ res["ratios"] = {v: {"p50_x_floor": res[f"{v}_seq"]["p50_ms"] / max(e["p50_ms"],
 l, i, z = res["load"], res["idle"], res["size"]
 print()
 print(f"RSS: {l['rss_kb_before']/1024:.1f} MiB connected, {l['rss_kb_after']/1024:.1f} MiB after {l['jobs']} more jobs ({l['jobs_per_s']:.0f} jobs/s, 4 workers)")
+if "load_musl" in res:
+    m = res["load_musl"]
+    print(f"RSS, static musl binary: {m['rss_kb_before']/1024:.1f} MiB after {e['n']} jobs, {m['rss_kb_after']/1024:.1f} MiB after {m['jobs']} more ({m['jobs_per_s']:.0f} jobs/s, 4 workers)")
 print(f"Idle {i['seconds']} s (collection on): {i['ticks']} CPU ticks ({i['ticks']/i['clk_tck']*1000/i['seconds']:.2f} ms CPU per s), RSS {i['rss_kb_end']/1024:.1f} MiB, {i['threads']} threads")
 print(f"Binary: {z['bytes']/1024/1024:.2f} MiB ({z['bytes']} bytes), {z['kind']}: {z['path']}")
 if res["fleet"]:
