@@ -42,19 +42,16 @@ pub const MARKER_FILE: &str = "pending-update.json";
 pub const VERSION_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The new process must reach the broker within this after its start (SPEC §9).
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
+/// Starts of the new binary without reaching the broker (crash loop under procd) before it
+/// rolls back at once.
+pub const MAX_STARTS: u32 = 3;
 
 /// The connect deadline: [`CONNECT_DEADLINE`], or `SOCKETMAN_TEST_UPDATE_DEADLINE_MS`
 /// (test-only, never on a device: lets the integration test watch the timer fire).
 fn connect_deadline() -> Duration {
-    std::env::var("SOCKETMAN_TEST_UPDATE_DEADLINE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(CONNECT_DEADLINE, Duration::from_millis)
+    crate::collect::test_override_ms("SOCKETMAN_TEST_UPDATE_DEADLINE_MS")
+        .unwrap_or(CONNECT_DEADLINE)
 }
-/// Starts of the new binary without reaching the broker (crash loop under procd) before it
-/// rolls back at once.
-pub const MAX_STARTS: u32 = 3;
 
 /// The pending update, `state_dir/pending-update.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -153,11 +153,7 @@ impl Policy {
 /// Length of one back-off unit: 1 s, or `SOCKETMAN_TEST_BACKOFF_UNIT_MS` (tests only, so that
 /// the road to `fatal` does not take four minutes).
 fn backoff_unit() -> Duration {
-    std::env::var("SOCKETMAN_TEST_BACKOFF_UNIT_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
+    crate::collect::test_override_ms("SOCKETMAN_TEST_BACKOFF_UNIT_MS")
         .unwrap_or(Duration::from_secs(1))
 }
 

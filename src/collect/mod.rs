@@ -117,6 +117,8 @@ pub fn monitor_period(cfg: &Config) -> Duration {
         .unwrap_or_else(|| Duration::from_secs(cfg.monitor.max(1)))
 }
 
+/// A test-only duration override: the environment variable `var` in milliseconds (> 0), or
+/// `None` when unset, empty, zero or not a number.
 pub(crate) fn test_override_ms(var: &str) -> Option<Duration> {
     std::env::var(var)
         .ok()
