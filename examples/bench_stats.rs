@@ -35,12 +35,12 @@ fn children_cpu() -> Duration {
         .iter()
         .filter_map(|i| f.get(*i).and_then(|v| v.parse::<u64>().ok()))
         .sum();
-    Duration::from_millis(ticks * 1000 / socketman::sys::clock_ticks())
+    Duration::from_millis(ticks * 1000 / socketman::platform::sys::clock_ticks())
 }
 
 /// `iw`/`ubus` answering from the OpenWrt fixtures (ath10k AP, 3 stations, iwinfo info and scan).
 struct FixtureTools(&'static str);
-impl socketman::collect::wireless::Tools for FixtureTools {
+impl socketman::stats::collect::wireless::Tools for FixtureTools {
     fn run(&self, prog: &str, args: &[&str], _t: Duration) -> Option<String> {
         let file = match (prog, args) {
             ("iw", ["dev"]) => "iw-dev-openwrt-ath10k-qca6174.txt",
@@ -99,11 +99,11 @@ fn main() {
     let net = NetStatus::default();
     let root = Path::new("/");
     let mac = "52-54-00-00-00-01";
-    let _ = socketman::collect::collect(&cfg, mac, &net, 0, root); // warm up
+    let _ = socketman::stats::collect::collect(&cfg, mac, &net, 0, root); // warm up
     let (c0, k0, w0) = (thread_cpu(), children_cpu(), Instant::now());
     let mut record = Value::Null;
     for _ in 0..runs {
-        record = socketman::collect::collect(&cfg, mac, &net, 0, root);
+        record = socketman::stats::collect::collect(&cfg, mac, &net, 0, root);
     }
     let wall = w0.elapsed() / runs;
     let cpu = (thread_cpu() - c0 + (children_cpu() - k0)) / runs;
@@ -126,9 +126,16 @@ fn main() {
         lease_file: format!("{fx}dhcp.leases-pihole-ipv6-duid"),
         ..Config::default()
     };
-    let v4 = socketman::sys::ipv4_addresses().unwrap_or_default();
-    let router =
-        socketman::collect::collect_with(&router_cfg, mac, &net, 0, root, &v4, &FixtureTools(fx));
+    let v4 = socketman::platform::sys::ipv4_addresses().unwrap_or_default();
+    let router = socketman::stats::collect::collect_with(
+        &router_cfg,
+        mac,
+        &net,
+        0,
+        root,
+        &v4,
+        &FixtureTools(fx),
+    );
     println!(
         "router-like record (fixtures): {} bytes; {} ssids, {} stations, {} survey, {} dhcp",
         router.to_string().len() + 1,
@@ -149,9 +156,9 @@ fn main() {
         ndjson.push(b'\n');
     }
     let t = Instant::now();
-    let gz = socketman::upload::gzip(&ndjson);
+    let gz = socketman::stats::upload::gzip(&ndjson);
     let gz_time = t.elapsed();
-    let (_, body) = socketman::upload::multipart(&gz);
+    let (_, body) = socketman::stats::upload::multipart(&gz);
     println!(
         "gzip of 240 records: {} -> {} bytes (ratio {:.1}x, {gz_time:?}); on the wire {:.0} bytes/record (multipart body)",
         ndjson.len(),
@@ -168,15 +175,15 @@ fn main() {
     cfg.cache_dir = dir.path().join("cache");
     cfg.cache_max_bytes = 100_000_000;
     let agent = Agent::new(cfg.clone(), dir.path().join("c.json"), None, mac.into());
-    let stats = socketman::upload::handle(&agent);
+    let stats = socketman::stats::upload::handle(&agent);
     let t = Instant::now();
     for i in 0..5760u64 {
         vary(&mut r, i, &mut rng);
-        socketman::upload::store(&agent, &stats, &cfg, r.clone(), 0);
+        socketman::stats::upload::store(&agent, &stats, &cfg, r.clone(), 0);
     }
     let fill = t.elapsed();
     let t = Instant::now();
-    let sent = socketman::upload::upload_cycle(&agent, &stats, &cfg);
+    let sent = socketman::stats::upload::upload_cycle(&agent, &stats, &cfg);
     let drain = t.elapsed();
     let reqs = srv.requests();
     let wire: usize = reqs.iter().map(|q| q.body.len()).sum();

@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
-use crate::events::Outbox;
+use crate::proto::Outbox;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
@@ -42,13 +42,13 @@ pub struct Agent {
     pub mqtt_connected: AtomicBool,
     /// Last connectivity check.
     pub net: Mutex<NetStatus>,
-    /// Stats spool and upload trigger (issue 3; `crate::upload::handle` creates it on first
-    /// use): healthz reads the cache counters, USR1 calls `crate::upload::upload_now`.
-    pub stats: OnceLock<Arc<crate::upload::Stats>>,
+    /// Stats spool and upload trigger (issue 3; `crate::stats::upload::handle` creates it on first
+    /// use): healthz reads the cache counters, USR1 calls `crate::stats::upload::upload_now`.
+    pub stats: OnceLock<Arc<crate::stats::upload::Stats>>,
     /// Process control (issue 5): processes started by jobs, supervised services, heartbeats.
-    pub control: crate::procs::Control,
+    pub control: crate::services::procs::Control,
     /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
-    pub monitor: crate::monitor::Shared,
+    pub monitor: crate::net::monitor::Shared,
 }
 
 impl Agent {
@@ -70,8 +70,8 @@ impl Agent {
             mqtt_connected: AtomicBool::new(false),
             net: Mutex::new(NetStatus::default()),
             stats: OnceLock::new(),
-            control: crate::procs::Control::default(),
-            monitor: crate::monitor::Shared::default(),
+            control: crate::services::procs::Control::default(),
+            monitor: crate::net::monitor::Shared::default(),
         })
     }
 
@@ -170,10 +170,10 @@ fn initial_config(
                 log::warn!("{e}; provisioning from -b");
                 let root = std::path::Path::new("/");
                 let d = Config::default();
-                let mac = crate::identity::discover_mac(None, &d.mac_file, root)
+                let mac = crate::platform::identity::discover_mac(None, &d.mac_file, root)
                     .unwrap_or_else(|| "unknown".into());
-                let machine = crate::identity::machine_type(root);
-                let firmware = crate::identity::firmware(root);
+                let machine = crate::platform::identity::machine_type(root);
+                let firmware = crate::platform::identity::firmware(root);
                 match crate::provision::provision(url, path, &mac, &machine, &firmware, stop) {
                     Ok(cfg) => {
                         crate::logging::set_level(cfg.debug);
@@ -193,14 +193,14 @@ fn setup_ca_bundle() {
     if std::env::var_os("SSL_CERT_FILE").is_some() {
         return;
     }
-    match crate::mqtt::system_ca_bundle() {
+    match crate::link::system_ca_bundle() {
         Some(b) => {
             log::info!("TLS trust store: {b}");
             std::env::set_var("SSL_CERT_FILE", &b);
         }
         None => log::warn!(
             "no system CA bundle found ({}); TLS needs cacrt",
-            crate::mqtt::CA_BUNDLES.join(", ")
+            crate::link::CA_BUNDLES.join(", ")
         ),
     }
 }
@@ -253,7 +253,7 @@ pub fn reload(agent: &Arc<Agent>) -> bool {
 /// stop). Returns only on failure.
 fn restart_in_place() -> Fatal {
     use std::os::unix::process::CommandExt;
-    crate::sys::cloexec_from_3();
+    crate::platform::sys::cloexec_from_3();
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return Fatal::Other(format!("cannot restart: path of the running binary: {e}")),
@@ -292,18 +292,21 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         log::warn!("insecure is on: HTTPS certificates are not verified");
     }
     for d in [&cfg.state_dir, &cfg.cache_dir] {
-        crate::state::ensure_dir(d)
+        crate::platform::fs::ensure_dir(d)
             .map_err(|e| Fatal::Other(format!("cannot create {}: {e}", d.display())))?;
     }
-    let mac =
-        crate::identity::discover_mac(cfg.mac.as_deref(), &cfg.mac_file, std::path::Path::new("/"))
-            .ok_or_else(|| {
-                Fatal::Config(format!(
+    let mac = crate::platform::identity::discover_mac(
+        cfg.mac.as_deref(),
+        &cfg.mac_file,
+        std::path::Path::new("/"),
+    )
+    .ok_or_else(|| {
+        Fatal::Config(format!(
             "config {}: no \"mac\" set, none in {}, and no default-route interface to take it from",
             config_path.display(),
             cfg.mac_file
         ))
-            })?;
+    })?;
     setup_ca_bundle();
     log::info!(
         "{} starting as {} (config {})",
@@ -311,28 +314,28 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         Config::client_id(&mac),
         config_path.display()
     );
-    let link = crate::mqtt::Link::new(&cfg, &mac).map_err(Fatal::Other)?;
+    let link = crate::link::Link::new(&cfg, &mac).map_err(Fatal::Other)?;
     let agent = Agent::new(cfg, config_path, init_url, mac);
     crate::provision::boot(&agent);
 
     let jobs = crate::jobs::Jobs::start(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
     // A pending self-update's job is answered by selfupdate::on_start, not as interrupted.
-    let pending_update = crate::selfupdate::pending_job_id(&agent.cfg().state_dir);
+    let pending_update = crate::services::selfupdate::pending_job_id(&agent.cfg().state_dir);
     jobs.answer_unfinished(&agent, pending_update.as_deref());
     let (link_thread, out_thread) = link
         .spawn(&agent, jobs.clone())
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
 
     // --- subsystems ---
-    if let Err(e) = crate::collect::spawn(&agent) {
+    if let Err(e) = crate::stats::collect::spawn(&agent) {
         log::error!("stats: cannot start the collector/uploader threads: {e}");
     }
-    crate::supervisor::spawn(&agent);
-    crate::watchdog::spawn(&agent);
-    crate::monitor::spawn(&agent)
+    crate::services::supervisor::spawn(&agent);
+    crate::services::watchdog::spawn(&agent);
+    crate::net::monitor::spawn(&agent)
         .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
-    crate::selfupdate::on_start(&agent, &jobs);
+    crate::services::selfupdate::on_start(&agent, &jobs);
 
     let mut why = "signal";
     let mut restart = false;
@@ -352,7 +355,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                 restart = true;
                 break;
             }
-            SIGUSR1 => crate::upload::upload_now(&agent),
+            SIGUSR1 => crate::stats::upload::upload_now(&agent),
             _ => {}
         }
     }
@@ -368,7 +371,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     jobs.stop(deadline - Duration::from_secs(3));
     phase("jobs stopped");
     // --- subsystems stop ---
-    crate::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
+    crate::services::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
     while !agent.outbox.is_empty()
         && agent.is_connected()
         && Instant::now() < deadline - Duration::from_secs(2)
@@ -383,7 +386,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    crate::collect::wait_stopped(&agent, deadline); // stats: finish the record being written
+    crate::stats::collect::wait_stopped(&agent, deadline); // stats: finish the record being written
     phase("threads joined");
     log::info!("stopped in {:.1} s", begin.elapsed().as_secs_f32());
     if restart {

@@ -181,7 +181,7 @@ fn collect_once(path: Option<&std::path::Path>) -> Result<(), Fatal> {
         }
         None => crate::config::Config::default(),
     };
-    println!("{}", crate::collect::collect_once(&cfg));
+    println!("{}", crate::stats::collect::collect_once(&cfg));
     Ok(())
 }
 

@@ -48,8 +48,13 @@ pub fn parse_iw_dev_wifi(text: &str) -> Option<(bool, Option<String>)> {
 }
 
 fn wifi_status() -> Option<Value> {
-    let r = crate::daemons::run_program(Path::new("iw"), &["dev"], Duration::from_secs(5), true)
-        .ok()?;
+    let r = crate::services::daemons::run_program(
+        Path::new("iw"),
+        &["dev"],
+        Duration::from_secs(5),
+        true,
+    )
+    .ok()?;
     if r.code != Some(0) {
         return None;
     }
@@ -66,9 +71,12 @@ fn wifi_status() -> Option<Value> {
 pub fn healthz(agent: &Agent) -> Value {
     let cfg = agent.cfg();
     let mut data = Map::new();
-    data.insert("services".into(), json!(crate::supervisor::entries(agent)));
+    data.insert(
+        "services".into(),
+        json!(crate::services::supervisor::entries(agent)),
+    );
     if cfg.daemons.is_some() {
-        match crate::daemons::list(&cfg) {
+        match crate::services::daemons::list(&cfg) {
             Ok(v) => {
                 data.insert("daemons".into(), v["daemons"].clone());
             }
@@ -120,7 +128,7 @@ pub fn healthz(agent: &Agent) -> Value {
 /// `(total, free, available)` bytes from a `/proc/meminfo` text. Kernels before 3.14 have no
 /// `MemAvailable`; there it is estimated as `MemFree + Buffers + Cached`, as `free` does.
 pub fn parse_meminfo(text: &str) -> Option<(u64, u64, u64)> {
-    let kb = |k| crate::procs::kb_value(text, k);
+    let kb = |k| crate::services::procs::kb_value(text, k);
     let total = kb("MemTotal")?;
     let free = kb("MemFree")?;
     let avail = kb("MemAvailable")
@@ -201,7 +209,7 @@ pub fn usage() -> Result<Value, String> {
     let disks: Vec<Value> = parse_mounts(&mounts)
         .into_iter()
         .filter_map(|m| {
-            let (total, free_root, avail) = crate::sys::statvfs(&m).ok()?;
+            let (total, free_root, avail) = crate::platform::sys::statvfs(&m).ok()?;
             (total > 0).then(|| {
                 json!({"mount": m, "total": total, "used": total.saturating_sub(free_root), "free": avail})
             })

@@ -6,28 +6,18 @@
 pub mod agent;
 pub mod backoff;
 pub mod cli;
-pub mod collect;
 pub mod config;
-pub mod daemons;
-pub mod events;
 pub mod healthz;
 pub mod http;
-pub mod identity;
 pub mod jobs;
+pub mod link;
 pub mod logging;
-pub mod monitor;
-pub mod mqtt;
-pub mod procs;
+pub mod net;
+pub mod platform;
+pub mod proto;
 pub mod provision;
-pub mod recovery;
-pub mod selfupdate;
-pub mod spool;
-pub mod state;
-pub mod supervisor;
-pub mod sys;
-pub mod update;
-pub mod upload;
-pub mod watchdog;
+pub mod services;
+pub mod stats;
 
 /// `socketman <semver> (<git sha or "unknown">)`, as `--version` prints it.
 pub fn version_line() -> String {

@@ -38,7 +38,7 @@ impl Log for Logger {
         let msg = r.args().to_string();
         match &self.sink {
             Sink::Stderr => {
-                let ts = crate::events::now();
+                let ts = crate::proto::now();
                 let _ = writeln!(std::io::stderr(), "{ts} {:<5} {msg}", r.level());
             }
             Sink::Syslog(l) => {

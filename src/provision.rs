@@ -93,9 +93,11 @@ fn fetch(http: &ureq::Agent, url: &str, config_path: &Path) -> Result<(Config, S
 
 /// Writes the provisioned body atomically with mode 0600.
 fn save(config_path: &Path, body: &str) -> Result<(), ProvisionError> {
-    crate::state::write_atomic(config_path, body.as_bytes()).map_err(|e| ProvisionError::Write {
-        path: config_path.display().to_string(),
-        msg: e.to_string(),
+    crate::platform::fs::write_atomic(config_path, body.as_bytes()).map_err(|e| {
+        ProvisionError::Write {
+            path: config_path.display().to_string(),
+            msg: e.to_string(),
+        }
     })
 }
 
@@ -182,8 +184,8 @@ pub fn reprovision(agent: &Arc<Agent>) -> bool {
     let url = request_url(
         init_url,
         &agent.mac,
-        &crate::identity::machine_type(root),
-        &crate::identity::firmware(root),
+        &crate::platform::identity::machine_type(root),
+        &crate::platform::identity::firmware(root),
     );
     let http = crate::http::agent(&agent.cfg(), crate::http::API_TIMEOUT);
     match fetch(&http, &url, &agent.config_path) {
@@ -230,7 +232,7 @@ pub fn boot(agent: &Arc<Agent>) {
     }
     if let Some(cmd) = cfg.boot_cmd.as_deref().filter(|c| !c.trim().is_empty()) {
         log::info!("running boot_cmd");
-        let (ok, detail) = crate::monitor::run_cmd(
+        let (ok, detail) = crate::net::monitor::run_cmd(
             cmd,
             Duration::from_secs(cfg.job_timeout),
             cfg.job_output_max,

@@ -5,14 +5,14 @@
 //! a summary). Broker, topic, key, MAC and `job_secret` come from socketman's own config file
 //! (`--config`, read with `socketman::config::load`) and/or flags; jobs are signed as SPEC §4.3
 //! when a `job_secret` is known. Shares nothing with the agent at run time; the payload shapes
-//! and topic names come from the library (`socketman::mqtt::Topics`, `jobs::intake::sign`).
+//! and topic names come from the library (`socketman::link::Topics`, `jobs::intake::sign`).
 #![forbid(unsafe_code)]
 
 use getopts::{Matches, Options};
 use paho_mqtt as mqtt;
 use serde_json::{json, Value};
 use socketman::config::Config;
-use socketman::mqtt::Topics;
+use socketman::link::Topics;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -315,7 +315,7 @@ fn new_job_id() -> String {
 
 impl Conn {
     fn open(t: &Target) -> Result<Conn, Fail> {
-        let uri = socketman::mqtt::server_uri(&t.cfg);
+        let uri = socketman::link::server_uri(&t.cfg);
         let bfail = |what: &str, e: mqtt::Error| Fail(EXIT_BROKER, format!("{what} {uri}: {e}"));
         let client_id = format!(
             "smctl-{}-{}",
@@ -353,7 +353,7 @@ impl Conn {
                 .cfg
                 .cacrt
                 .clone()
-                .or_else(socketman::mqtt::system_ca_bundle)
+                .or_else(socketman::link::system_ca_bundle)
             {
                 ssl.trust_store(&ca)
                     .map_err(|e| Fail(EXIT_USAGE, format!("CA file {ca}: {e}")))?;
@@ -422,7 +422,7 @@ fn job(id: &str, ty: Option<&str>, msg: Option<&str>, args: Option<Value>) -> Va
     if let Some(a) = args {
         meta.insert("args".into(), a);
     }
-    json!({"id": id, "timestamp": socketman::events::now(), "meta": meta})
+    json!({"id": id, "timestamp": socketman::proto::now(), "meta": meta})
 }
 
 /// What came back for one job on one device.
@@ -596,7 +596,7 @@ fn describe(topic: &str, retained: bool, v: &Value) -> String {
     let mac = mac_of(topic);
     let ts = v["timestamp"]
         .as_i64()
-        .unwrap_or_else(|| socketman::events::now() as i64);
+        .unwrap_or_else(|| socketman::proto::now() as i64);
     let meta = &v["meta"];
     let id = v["id"].as_str().unwrap_or("-");
     let ev = v["event_type"].as_str().unwrap_or("?");
@@ -1152,12 +1152,12 @@ mod tests {
             "send", "--topic", "T", "--key", "K", "--mac", "M",
         ]))
         .unwrap();
-        assert_eq!(socketman::mqtt::server_uri(&t.cfg), "tcp://localhost:1883");
+        assert_eq!(socketman::link::server_uri(&t.cfg), "tcp://localhost:1883");
         assert_eq!(t.topics(&t.mac().unwrap()).sub, "sub/T/K/M");
         assert_eq!(t.wildcard("pub"), "pub/T/K/+");
         let t = Target::from_matches(&parse(&["devices", "--tls", "--topic", "T", "--key", "K"]))
             .unwrap();
-        assert_eq!(socketman::mqtt::server_uri(&t.cfg), "ssl://localhost:8883");
+        assert_eq!(socketman::link::server_uri(&t.cfg), "ssl://localhost:8883");
         assert!(t.mac().is_err());
         assert!(Target::from_matches(&parse(&["devices", "--key", "K"])).is_err());
         assert!(
@@ -1176,7 +1176,7 @@ mod tests {
         .unwrap();
         let path = f.to_str().unwrap();
         let t = Target::from_matches(&parse(&["send", "--config", path])).unwrap();
-        assert_eq!(socketman::mqtt::server_uri(&t.cfg), "tcp://b.example:1999");
+        assert_eq!(socketman::link::server_uri(&t.cfg), "tcp://b.example:1999");
         assert_eq!(t.mac().unwrap(), "AA");
         let wrapped: Value = serde_json::from_str(&t.wrap(&json!({"id": "x"}))).unwrap();
         let inner = wrapped["signed"].as_str().unwrap();

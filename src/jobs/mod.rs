@@ -13,7 +13,7 @@ pub mod shell;
 pub mod typed;
 
 use crate::agent::Agent;
-use crate::events::{now, Topic};
+use crate::proto::{now, Topic};
 use intake::{Job, Kind};
 use seen::{Seen, SeenStore};
 use serde_json::{json, Value};
@@ -331,7 +331,7 @@ impl Jobs {
             .collect();
         for (id, pgid) in groups {
             log::warn!("job {id}: still running at stop; killing its process group {pgid}");
-            let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
+            let _ = crate::platform::sys::kill_group(pgid, libc::SIGKILL);
         }
         *lock(&self.tx) = None;
         let handles: Vec<JoinHandle<()>> = lock(&self.workers).drain(..).collect();

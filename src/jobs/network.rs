@@ -86,7 +86,7 @@ fn backup(files: &[String], dir: &Path) -> Vec<Backup> {
             let _ = fs::remove_file(e.path());
         }
     }
-    if let Err(e) = crate::state::ensure_dir(dir) {
+    if let Err(e) = crate::platform::fs::ensure_dir(dir) {
         log::error!("network job: backup directory {}: {e}", dir.display());
         return Vec::new();
     }
@@ -106,7 +106,8 @@ fn backup(files: &[String], dir: &Path) -> Vec<Backup> {
             }
         };
         let copy = dir.join(copy_name(i, f));
-        let saved = fs::read(&original).and_then(|bytes| crate::state::write_atomic(&copy, &bytes));
+        let saved =
+            fs::read(&original).and_then(|bytes| crate::platform::fs::write_atomic(&copy, &bytes));
         match saved {
             Ok(()) => out.push(Backup {
                 original,
@@ -129,7 +130,7 @@ fn restore(backups: &[Backup]) -> usize {
     let mut n = 0;
     for b in backups {
         let r = fs::read(&b.copy)
-            .and_then(|bytes| crate::state::write_atomic_mode(&b.original, &bytes, b.mode));
+            .and_then(|bytes| crate::platform::fs::write_atomic_mode(&b.original, &bytes, b.mode));
         match r {
             Ok(()) => n += 1,
             Err(e) => log::error!(
@@ -230,17 +231,17 @@ pub fn run_guarded<T>(agent: &Arc<Agent>, run: impl FnOnce() -> T) -> (T, Value)
     agent.monitor.network_job.store(true, Ordering::SeqCst);
     let _pause = Pause(agent);
     let online = || {
-        let st = crate::monitor::check(&cfg);
+        let st = crate::net::monitor::check(&cfg);
         let code = st.code.unwrap_or(0);
         match agent.net.lock() {
             Ok(mut n) => *n = st,
             Err(p) => *p.into_inner() = st,
         }
         log::debug!("network job: connectivity CODE {code}");
-        !crate::recovery::is_offline(code)
+        !crate::net::recovery::is_offline(code)
     };
     let restart = || {
-        let (ok, detail) = crate::monitor::run_cmd(
+        let (ok, detail) = crate::net::monitor::run_cmd(
             &cfg.network_restart_cmd,
             Duration::from_secs(cfg.job_timeout),
             cfg.job_output_max,

@@ -42,7 +42,7 @@ fn file_name(id: &str) -> String {
         .collect();
     format!(
         "{}-{}-{}.json",
-        crate::events::now(),
+        crate::proto::now(),
         safe,
         crate::jobs::intake::hex(&crate::backoff::random_u64().to_le_bytes()[..4])
     )
@@ -51,7 +51,7 @@ fn file_name(id: &str) -> String {
 /// Queues the notification for job `id` durably.
 pub fn enqueue(state_dir: &Path, id: &str, processed: &Value) -> std::io::Result<()> {
     let doc = json!({"id": id, "body": body(processed)});
-    crate::state::write_atomic(
+    crate::platform::fs::write_atomic(
         &dir(state_dir).join(file_name(id)),
         doc.to_string().as_bytes(),
     )
@@ -113,7 +113,7 @@ pub fn flush(agent: &Agent) -> bool {
     files.sort();
     let http = crate::http::agent(&cfg, crate::http::API_TIMEOUT);
     for f in files {
-        let doc = match crate::state::read_json(&f) {
+        let doc = match crate::platform::fs::read_json(&f) {
             Ok(Some(d)) => d,
             Ok(None) => continue,
             Err(e) => {

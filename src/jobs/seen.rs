@@ -60,7 +60,7 @@ impl SeenStore {
             journal_bytes: 0,
         };
         let Some(p) = s.path.clone() else { return s };
-        match crate::state::read_json(&p) {
+        match crate::platform::fs::read_json(&p) {
             Ok(Some(v)) => {
                 for id in v["ids"]
                     .as_array()
@@ -217,7 +217,7 @@ impl SeenStore {
         text.push('\n');
         let res = (|| {
             if let Some(d) = j.parent() {
-                crate::state::ensure_dir(d)?;
+                crate::platform::fs::ensure_dir(d)?;
             }
             let mut f = OpenOptions::new()
                 .create(true)
@@ -253,7 +253,7 @@ impl SeenStore {
             }
         }
         let doc = json!({"ids": self.order, "pending": pending, "results": results});
-        match crate::state::write_atomic(&p, doc.to_string().as_bytes()) {
+        match crate::platform::fs::write_atomic(&p, doc.to_string().as_bytes()) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&j);
                 self.journal_bytes = 0;

@@ -130,11 +130,11 @@ pub fn run_shell_tracked(
         if !timed_out && now >= deadline {
             timed_out = true;
             term_sent = Some(now);
-            let _ = crate::sys::kill_group(pgid, libc::SIGTERM);
+            let _ = crate::platform::sys::kill_group(pgid, libc::SIGTERM);
         }
         if let Some(t) = term_sent {
             if now >= t + KILL_GRACE {
-                let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
+                let _ = crate::platform::sys::kill_group(pgid, libc::SIGKILL);
                 term_sent = None;
             }
         }
@@ -148,7 +148,7 @@ pub fn run_shell_tracked(
     };
     if timed_out {
         // Whatever of the group is left goes too, so no child survives a timed-out job.
-        let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
+        let _ = crate::platform::sys::kill_group(pgid, libc::SIGKILL);
     }
     if rx.recv_timeout(DRAIN_AFTER_EXIT).is_err() {
         log::debug!("job output pipe still open {DRAIN_AFTER_EXIT:?} after the shell exited (background child); output so far kept");

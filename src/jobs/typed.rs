@@ -22,9 +22,9 @@ pub const TYPES: &[&str] = &[
 /// The type lists of every module that runs typed jobs.
 const FAMILIES: &[&[&str]] = &[
     TYPES,
-    crate::procs::TYPES,
-    crate::daemons::TYPES,
-    crate::supervisor::TYPES,
+    crate::services::procs::TYPES,
+    crate::services::daemons::TYPES,
+    crate::services::supervisor::TYPES,
 ];
 
 /// Every typed job this build runs (besides shell jobs).
@@ -61,11 +61,11 @@ impl From<String> for Failure {
 /// (the self-update answers its job from the next process) and may fail with a result.
 pub fn run_job(agent: &Arc<Agent>, id: &str, ty: &str, args: &Value) -> Result<Value, Failure> {
     match ty {
-        "service.update" => crate::update::run(agent, args).map_err(|f| Failure {
+        "service.update" => crate::services::update::run(agent, args).map_err(|f| Failure {
             error: f.error,
             result: f.result,
         }),
-        "agent.update" => crate::selfupdate::run(agent, id, args).map_err(Failure::from),
+        "agent.update" => crate::services::selfupdate::run(agent, id, args).map_err(Failure::from),
         _ => run(agent, ty, args).map_err(Failure::from),
     }
 }
@@ -74,15 +74,21 @@ pub fn run_job(agent: &Arc<Agent>, id: &str, ty: &str, args: &Value) -> Result<V
 pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> {
     let _ = args;
     match ty {
-        "ping" => {
-            Ok(json!({"uptime": crate::identity::system_uptime(), "version": crate::VERSION}))
-        }
-        "stats" => Ok(crate::collect::job_record(agent)),
+        "ping" => Ok(
+            json!({"uptime": crate::platform::identity::system_uptime(), "version": crate::VERSION}),
+        ),
+        "stats" => Ok(crate::stats::collect::job_record(agent)),
         "healthz" | "usage" => crate::healthz::run(agent, ty),
-        t if crate::procs::TYPES.contains(&t) => crate::procs::run(agent, t, args),
-        t if crate::daemons::TYPES.contains(&t) => crate::daemons::run(agent, t, args),
-        t if crate::supervisor::TYPES.contains(&t) => crate::supervisor::run(agent, t, args),
-        "service.update" => crate::update::run(agent, args).map_err(|f| f.error),
+        t if crate::services::procs::TYPES.contains(&t) => {
+            crate::services::procs::run(agent, t, args)
+        }
+        t if crate::services::daemons::TYPES.contains(&t) => {
+            crate::services::daemons::run(agent, t, args)
+        }
+        t if crate::services::supervisor::TYPES.contains(&t) => {
+            crate::services::supervisor::run(agent, t, args)
+        }
+        "service.update" => crate::services::update::run(agent, args).map_err(|f| f.error),
         "agent.update" => {
             Err("agent.update runs through typed::run_job (it needs the job id)".into())
         }

@@ -21,7 +21,7 @@
 
 use crate::agent::Agent;
 use crate::config::Config;
-use crate::spool::{Spool, SpoolStats, BATCH_MAX};
+use crate::stats::spool::{Spool, SpoolStats, BATCH_MAX};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde_json::Value;
@@ -194,7 +194,7 @@ pub fn upload_now(agent: &Agent) {
 /// Before a reboot or stop: waits for an append in progress, then syncs the cache files and
 /// directory. Every record is already synced when appended; this only closes the window of
 /// the record being written. When `cache_dir` is on tmpfs (`/tmp` on OpenWrt) the records are
-/// also copied to `state_dir` ([`crate::spool::rescue`]) and put back at the next start.
+/// also copied to `state_dir` ([`crate::stats::spool::rescue`]) and put back at the next start.
 pub fn flush(agent: &Agent) {
     let s = handle(agent);
     let mut g = s.spool();
@@ -208,12 +208,14 @@ pub fn flush(agent: &Agent) {
         None => {}
     }
     let cfg = agent.cfg();
-    match crate::spool::rescue(&cfg.cache_dir, &cfg.state_dir) {
+    match crate::stats::spool::rescue(&cfg.cache_dir, &cfg.state_dir) {
         Ok(0) => {}
         Ok(n) => log::info!(
             "stats cache is in RAM ({}): {n} files saved to {} for after a reboot",
             cfg.cache_dir.display(),
-            cfg.state_dir.join(crate::spool::RESCUE_DIR).display()
+            cfg.state_dir
+                .join(crate::stats::spool::RESCUE_DIR)
+                .display()
         ),
         Err(e) => log::error!(
             "stats cache could not be saved to {}: {e}",
@@ -229,13 +231,13 @@ pub fn cache_stats(agent: &Agent) -> SpoolStats {
 
 /// The HTTP timeout: 15 s (SPEC §5), or `SOCKETMAN_HTTP_TIMEOUT_MS` (tests only).
 pub fn http_timeout() -> Duration {
-    crate::collect::test_override_ms("SOCKETMAN_HTTP_TIMEOUT_MS")
+    crate::stats::collect::test_override_ms("SOCKETMAN_HTTP_TIMEOUT_MS")
         .unwrap_or(crate::http::API_TIMEOUT)
 }
 
 /// The upload period: `heartbeat` seconds, or `SOCKETMAN_TEST_HEARTBEAT_MS` (tests only).
 pub fn heartbeat_period(cfg: &Config) -> Duration {
-    crate::collect::test_override_ms("SOCKETMAN_TEST_HEARTBEAT_MS")
+    crate::stats::collect::test_override_ms("SOCKETMAN_TEST_HEARTBEAT_MS")
         .unwrap_or_else(|| Duration::from_secs(cfg.heartbeat.max(1)))
 }
 
@@ -541,10 +543,10 @@ pub fn spawn(agent: &Arc<Agent>, backlog: bool) -> io::Result<()> {
 
 /// The integration tests' HTTP server and upload decoding, reused by the unit tests below.
 #[cfg(test)]
-#[path = "../tests/it/http.rs"]
+#[path = "../../tests/it/http.rs"]
 mod test_http;
 #[cfg(test)]
-#[path = "../tests/it/stats_wire.rs"]
+#[path = "../../tests/it/stats_wire.rs"]
 mod test_wire;
 
 #[cfg(test)]

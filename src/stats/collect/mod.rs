@@ -1,7 +1,7 @@
 //! Stats records (SPEC §5): [`collect`] builds one record from the sources in this folder;
 //! [`spawn`] starts the collector thread (`stats-collect`: one record right after start, then
 //! every `monitor` seconds, appended to the spool or, with `no-cache`, POSTed at once) and the
-//! uploader thread ([`crate::upload`]). Shares the [`crate::upload::Stats`] handle (spool +
+//! uploader thread ([`crate::upload`]). Shares the [`crate::stats::upload::Stats`] handle (spool +
 //! upload trigger) through `Agent::stats`.
 //!
 //! `device.connected` is the number of associated wireless stations in the same record
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 /// Builds one record of the live system (`root` is `/` on a device).
 pub fn collect(cfg: &Config, mac: &str, net: &NetStatus, dropped: u64, root: &Path) -> Value {
-    let v4 = match crate::sys::ipv4_addresses() {
+    let v4 = match crate::platform::sys::ipv4_addresses() {
         Ok(v) => v,
         Err(e) => {
             log::debug!("stats: getifaddrs failed: {e}; no IPv4 addresses in the record");
@@ -64,12 +64,12 @@ pub fn collect_with(
         .code
         .unwrap_or(if wan.has_default_route() { 1 } else { 0 });
     json!({
-        "created_at": crate::events::now(),
+        "created_at": crate::proto::now(),
         "device": {
             "v": "5",
             "mac": mac,
-            "machine_type": crate::identity::machine_type(root),
-            "firmware": crate::identity::firmware(root),
+            "machine_type": crate::platform::identity::machine_type(root),
+            "firmware": crate::platform::identity::firmware(root),
             "uptime": sys.uptime,
             "load_1": sys.load_1,
             "load_5": sys.load_5,
@@ -98,8 +98,8 @@ pub fn collect_with(
 /// `--collect-once`: one record of this device as one JSON line (no network, no spool).
 pub fn collect_once(cfg: &Config) -> String {
     let root = Path::new("/");
-    let mac =
-        crate::identity::discover_mac(cfg.mac.as_deref(), &cfg.mac_file, root).unwrap_or_default();
+    let mac = crate::platform::identity::discover_mac(cfg.mac.as_deref(), &cfg.mac_file, root)
+        .unwrap_or_default();
     collect(cfg, &mac, &NetStatus::default(), 0, root).to_string()
 }
 
@@ -127,11 +127,11 @@ pub(crate) fn test_override_ms(var: &str) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// Starts the collector and uploader threads and installs the shared [`crate::upload::Stats`]
+/// Starts the collector and uploader threads and installs the shared [`crate::stats::upload::Stats`]
 /// in `agent.stats`. Call once, from `agent::run`.
 pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
     let cfg = agent.cfg();
-    match crate::spool::restore(&cfg.cache_dir, &cfg.state_dir) {
+    match crate::stats::spool::restore(&cfg.cache_dir, &cfg.state_dir) {
         Ok(0) => {}
         Ok(n) => log::info!("stats: {n} cache files saved before the last stop or reboot put back"),
         Err(e) => log::error!(
@@ -139,11 +139,11 @@ pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
             cfg.state_dir.display()
         ),
     }
-    let stats = crate::upload::Stats::open(&cfg);
+    let stats = crate::stats::upload::Stats::open(&cfg);
     let stats = agent.stats.get_or_init(|| stats).clone();
     // 401 from the stats API: re-provision with `-b` (SPEC §5, §7), on the uploader thread.
     let weak = Arc::downgrade(agent);
-    crate::upload::set_on_unauthorized(agent, move || {
+    crate::stats::upload::set_on_unauthorized(agent, move || {
         let Some(agent) = weak.upgrade() else { return };
         if agent.init_url.is_none() {
             log::warn!("stats: 401 and no -b given: records kept until the token is fixed");
@@ -159,7 +159,7 @@ pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
         .name("stats-collect".into())
         .spawn(move || collector_loop(&a, &st))?;
     stats.set_collector(h);
-    crate::upload::spawn(agent, backlog)?;
+    crate::stats::upload::spawn(agent, backlog)?;
     Ok(())
 }
 
@@ -168,18 +168,18 @@ pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
 pub fn wait_stopped(agent: &Agent, deadline: std::time::Instant) {
     if let Some(stats) = agent.stats.get() {
         stats.join_collector(deadline);
-        crate::upload::flush(agent);
+        crate::stats::upload::flush(agent);
     }
 }
 
-fn collector_loop(agent: &Arc<Agent>, stats: &Arc<crate::upload::Stats>) {
+fn collector_loop(agent: &Arc<Agent>, stats: &Arc<crate::stats::upload::Stats>) {
     log::info!("stats: collector started");
     loop {
         let cfg = agent.cfg();
         let net = agent.net.lock().map(|n| n.clone()).unwrap_or_default();
         let dropped = stats.dropped();
         let record = collect(&cfg, &agent.mac, &net, dropped, Path::new("/"));
-        crate::upload::store(agent, stats, &cfg, record, dropped);
+        crate::stats::upload::store(agent, stats, &cfg, record, dropped);
         if agent.wait_stop(monitor_period(&cfg)) {
             break;
         }
@@ -259,7 +259,7 @@ mod tests {
         std::fs::create_dir_all(d.path().join("proc/net")).unwrap();
         std::fs::write(
             d.path().join("proc/net/route"),
-            include_str!("../../tests/fixtures/proc-net-route-linux-desktop-default.txt"),
+            include_str!("../../../tests/fixtures/proc-net-route-linux-desktop-default.txt"),
         )
         .unwrap();
         let cfg = Config::default();

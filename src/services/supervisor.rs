@@ -14,7 +14,7 @@
 
 use crate::agent::Agent;
 use crate::config::{RestartPolicy, ServiceConfig};
-use crate::procs::Exit;
+use crate::services::procs::Exit;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::os::unix::process::CommandExt;
@@ -153,7 +153,7 @@ impl Policy {
 /// Length of one back-off unit: 1 s, or `SOCKETMAN_TEST_BACKOFF_UNIT_MS` (tests only, so that
 /// the road to `fatal` does not take four minutes).
 fn backoff_unit() -> Duration {
-    crate::collect::test_override_ms("SOCKETMAN_TEST_BACKOFF_UNIT_MS")
+    crate::stats::collect::test_override_ms("SOCKETMAN_TEST_BACKOFF_UNIT_MS")
         .unwrap_or(Duration::from_secs(1))
 }
 
@@ -328,8 +328,8 @@ fn spawn_svc(agent: &Agent, s: &mut Svc, now: Instant) -> Result<(), String> {
 /// Sends TERM to every group, waits up to `grace` for the leaders, then KILLs what is left.
 fn terminate(children: Vec<(i32, Child)>, grace: Duration) -> Vec<(i32, Option<Exit>)> {
     for (pid, _) in &children {
-        let _ = crate::sys::kill_group(*pid, libc::SIGTERM);
-        let _ = crate::sys::kill_group(*pid, libc::SIGCONT);
+        let _ = crate::platform::sys::kill_group(*pid, libc::SIGTERM);
+        let _ = crate::platform::sys::kill_group(*pid, libc::SIGCONT);
     }
     let deadline = Instant::now() + grace;
     let mut pending = children;
@@ -354,12 +354,12 @@ fn terminate(children: Vec<(i32, Child)>, grace: Duration) -> Vec<(i32, Option<E
     }
     for (pid, mut c) in pending {
         log::warn!("service pid {pid}: still alive {grace:?} after TERM, sending KILL");
-        let _ = crate::sys::kill_group(pid, libc::SIGKILL);
+        let _ = crate::platform::sys::kill_group(pid, libc::SIGKILL);
         done.push((pid, c.wait().ok().map(Exit::from_status)));
     }
     // Leftover members of the groups (the leader is gone) get KILL too.
     for (pid, _) in &done {
-        let _ = crate::sys::kill_group(*pid, libc::SIGKILL);
+        let _ = crate::platform::sys::kill_group(*pid, libc::SIGKILL);
     }
     done
 }
@@ -440,7 +440,7 @@ pub fn tick(agent: &Agent, now: Instant) -> Duration {
                     );
                     if let Some(p) = pid {
                         // Whatever the leader left behind in its group goes with it.
-                        let _ = crate::sys::kill_group(p, libc::SIGKILL);
+                        let _ = crate::platform::sys::kill_group(p, libc::SIGKILL);
                     }
                     let next = s.policy.on_exit(now, exit.code == Some(0), s.cfg.restart);
                     apply_next(agent, s, next, now);
@@ -683,7 +683,7 @@ pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> 
     if ty == "service.list" {
         return Ok(json!({ "services": entries(agent) }));
     }
-    let name = crate::procs::arg_str(args, "name")?;
+    let name = crate::services::procs::arg_str(args, "name")?;
     match ty {
         "service.start" => start(agent, name),
         "service.stop" => stop(agent, name),
@@ -845,7 +845,7 @@ mod tests {
         assert_eq!(first.status, Status::Running);
         assert_eq!(first.version.as_deref(), Some("1.0"));
         let pid = first.pid.unwrap();
-        crate::sys::kill(pid, libc::SIGKILL).unwrap();
+        crate::platform::sys::kill(pid, libc::SIGKILL).unwrap();
         for _ in 0..200 {
             tick(&a, t0);
             if status_of(&a, "a") == Status::Backoff {
@@ -869,7 +869,7 @@ mod tests {
         assert_eq!(ev[2]["pid"], json!(again.pid));
         stop_all(&a);
         assert_eq!(status_of(&a, "a"), Status::Stopped);
-        assert!(!crate::procs::alive(again.pid.unwrap()));
+        assert!(!crate::services::procs::alive(again.pid.unwrap()));
         // Nothing starts after stop_all.
         tick(&a, t0 + Duration::from_secs(100));
         assert_eq!(status_of(&a, "a"), Status::Stopped);
@@ -930,7 +930,7 @@ mod tests {
         let r = restart(&a, "m").unwrap();
         assert_eq!(r["restarts"], 1);
         assert_ne!(r["pid"].as_i64().unwrap() as i32, pid);
-        assert!(!crate::procs::alive(pid));
+        assert!(!crate::services::procs::alive(pid));
         let s = stop(&a, "m").unwrap();
         assert_eq!(s["status"], "stopped");
         assert_eq!(s["pid"], Value::Null);
@@ -958,15 +958,18 @@ mod tests {
         assert!(info(&a, "old").is_none());
         let new_pid = info(&a, "new").unwrap().pid.unwrap();
         for _ in 0..200 {
-            if !crate::procs::alive(old_pid) {
+            if !crate::services::procs::alive(old_pid) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!crate::procs::alive(old_pid), "removed service stopped");
-        assert!(crate::procs::alive(new_pid));
+        assert!(
+            !crate::services::procs::alive(old_pid),
+            "removed service stopped"
+        );
+        assert!(crate::services::procs::alive(new_pid));
         stop_all(&a);
-        assert!(!crate::procs::alive(new_pid));
+        assert!(!crate::services::procs::alive(new_pid));
     }
 
     #[test]

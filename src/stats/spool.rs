@@ -20,7 +20,7 @@
 //! included; [`Spool::ack`] deletes exactly those files. Deleting a sent batch is therefore a
 //! few `unlink`s, never a rewrite of the cache.
 //!
-//! Shared: one `Spool` lives behind a mutex in [`crate::upload::Stats`]; the collector thread
+//! Shared: one `Spool` lives behind a mutex in [`crate::stats::upload::Stats`]; the collector thread
 //! appends, the uploader thread takes batches and acks, healthz reads [`Spool::stats`].
 #![forbid(unsafe_code)]
 
@@ -96,7 +96,7 @@ fn sync_dir(dir: &Path) {
 impl Spool {
     /// Opens (creating) the cache in `dir`, bounded by `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
-        crate::state::ensure_dir(dir)?;
+        crate::platform::fs::ensure_dir(dir)?;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
         let mut ids: Vec<u64> = fs::read_dir(dir)?
             .filter_map(Result::ok)
@@ -259,7 +259,9 @@ impl Spool {
 
     fn persist_dropped(&self) {
         let path = self.dir.join(DROPPED_FILE);
-        if let Err(e) = crate::state::write_atomic(&path, self.dropped.to_string().as_bytes()) {
+        if let Err(e) =
+            crate::platform::fs::write_atomic(&path, self.dropped.to_string().as_bytes())
+        {
             log::warn!("stats cache: cannot write {}: {e}", path.display());
         }
     }
@@ -442,7 +444,7 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
 /// reboot does not lose them. Written once per stop or reboot, not per record, to spare the
 /// flash. Returns the number of files saved.
 pub fn rescue(cache_dir: &Path, state_dir: &Path) -> io::Result<usize> {
-    if !crate::sys::is_ram_fs(cache_dir) || crate::sys::is_ram_fs(state_dir) {
+    if !crate::platform::sys::is_ram_fs(cache_dir) || crate::platform::sys::is_ram_fs(state_dir) {
         return Ok(0);
     }
     rescue_to(cache_dir, &state_dir.join(RESCUE_DIR))
@@ -456,11 +458,11 @@ fn rescue_to(cache_dir: &Path, to: &Path) -> io::Result<usize> {
     if files.is_empty() {
         return Ok(0);
     }
-    crate::state::ensure_dir(to)?;
+    crate::platform::fs::ensure_dir(to)?;
     for f in &files {
         let data = fs::read(f)?;
         if let Some(name) = f.file_name() {
-            crate::state::write_atomic(&to.join(name), &data)?;
+            crate::platform::fs::write_atomic(&to.join(name), &data)?;
         }
     }
     Ok(files.len())
@@ -477,13 +479,13 @@ fn restore_from(from: &Path, cache_dir: &Path) -> io::Result<usize> {
     if !from.is_dir() {
         return Ok(0);
     }
-    crate::state::ensure_dir(cache_dir)?;
+    crate::platform::fs::ensure_dir(cache_dir)?;
     let mut n = 0;
     for f in cache_files(from) {
         let Some(name) = f.file_name() else { continue };
         let dest = cache_dir.join(name);
         if !dest.exists() {
-            crate::state::write_atomic(&dest, &fs::read(&f)?)?;
+            crate::platform::fs::write_atomic(&dest, &fs::read(&f)?)?;
             n += 1;
         }
     }
@@ -740,7 +742,7 @@ mod tests {
         fs::remove_dir_all(&cache).unwrap();
         assert_eq!(rescue_to(&cache, &saved).unwrap(), 0);
         assert!(!saved.exists());
-        if !crate::sys::is_ram_fs(d.path()) {
+        if !crate::platform::sys::is_ram_fs(d.path()) {
             assert_eq!(
                 rescue(&cache, &d.path().join("state")).unwrap(),
                 0,

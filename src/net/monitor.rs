@@ -22,7 +22,7 @@
 
 use crate::agent::{Agent, NetStatus};
 use crate::config::Config;
-use crate::recovery::{self, Action, Recovery};
+use crate::net::recovery::{self, Action, Recovery};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ pub fn check(cfg: &Config) -> NetStatus {
 
 /// [`check`] with the text of `/proc/net/route` given.
 pub fn check_with_route(cfg: &Config, route_text: &str) -> NetStatus {
-    let Some((iface, gateway)) = crate::identity::parse_default_route(route_text) else {
+    let Some((iface, gateway)) = crate::platform::identity::parse_default_route(route_text) else {
         return NetStatus {
             code: Some(0),
             ..NetStatus::default()
@@ -87,7 +87,7 @@ pub fn check_with_route(cfg: &Config, route_text: &str) -> NetStatus {
             .unwrap_or(false)
     });
     let code = 1 + if tcp { 3 } else { 0 } + if dns { 5 } else { 0 };
-    let wan_ip = match crate::sys::ipv4_addrs_of(&iface) {
+    let wan_ip = match crate::platform::sys::ipv4_addrs_of(&iface) {
         Ok(a) => a.first().map(|ip| ip.to_string()),
         Err(e) => {
             log::debug!("addresses of {iface}: {e}");
@@ -173,8 +173,10 @@ pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<thread::JoinHandle<()>> {
 /// then counts from socketman's start, the safe side).
 fn boot_instant() -> Instant {
     let now = Instant::now();
-    now.checked_sub(Duration::from_secs(crate::identity::system_uptime()))
-        .unwrap_or(now)
+    now.checked_sub(Duration::from_secs(
+        crate::platform::identity::system_uptime(),
+    ))
+    .unwrap_or(now)
 }
 
 fn run(agent: &Arc<Agent>) {
@@ -299,9 +301,9 @@ fn reboot_sequence(agent: &Arc<Agent>, cfg: &Config, offline_s: u64) {
         "offline for {offline_s} s: rebooting with reboot_cmd {:?}",
         cfg.reboot_cmd
     );
-    let marker = json!({"reason": "offline", "offline_s": offline_s, "at": crate::events::now()});
+    let marker = json!({"reason": "offline", "offline_s": offline_s, "at": crate::proto::now()});
     let path = marker_path(cfg);
-    if let Err(e) = crate::state::write_atomic(&path, marker.to_string().as_bytes()) {
+    if let Err(e) = crate::platform::fs::write_atomic(&path, marker.to_string().as_bytes()) {
         log::error!("reboot marker {}: {e}", path.display());
     }
     flush_before_reboot(agent);
@@ -324,13 +326,13 @@ fn reboot_sequence(agent: &Arc<Agent>, cfg: &Config, offline_s: u64) {
         "still running {} s after reboot_cmd: forcing sync + reboot(2)",
         FORCE_REBOOT_AFTER.as_secs()
     );
-    let e = crate::sys::force_reboot();
+    let e = crate::platform::sys::force_reboot();
     log::error!("forced reboot failed: {e}");
 }
 
 /// Hook run right before a reboot: the stats cache is made durable (`upload::flush`).
 pub fn flush_before_reboot(agent: &Arc<Agent>) {
-    crate::upload::flush(agent);
+    crate::stats::upload::flush(agent);
 }
 
 /// Publishes a `reboot.json` left by the previous run once, as
@@ -354,7 +356,7 @@ pub fn publish_reboot_marker(agent: &Arc<Agent>) -> Option<Value> {
 /// `{"state":"rebooted"}` so that the reboot is not lost.
 fn reboot_marker_meta(path: &Path) -> Option<Value> {
     let mut meta = serde_json::Map::new();
-    match crate::state::read_json(path) {
+    match crate::platform::fs::read_json(path) {
         Ok(None) => return None,
         Ok(Some(Value::Object(fields))) => meta.extend(fields),
         Ok(Some(other)) => log::warn!("reboot marker {}: not an object: {other}", path.display()),
@@ -369,9 +371,10 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    const ROUTE: &str = include_str!("../tests/fixtures/proc-net-route-linux-desktop-default.txt");
+    const ROUTE: &str =
+        include_str!("../../tests/fixtures/proc-net-route-linux-desktop-default.txt");
     const NO_ROUTE: &str =
-        include_str!("../tests/fixtures/proc-net-route-embedded-nodefault-padded.txt");
+        include_str!("../../tests/fixtures/proc-net-route-embedded-nodefault-padded.txt");
 
     fn cfg(port: u16, dns: &str) -> Config {
         Config {
@@ -391,7 +394,7 @@ mod tests {
     fn codes_from_real_checks() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let (iface, gw) = crate::identity::parse_default_route(ROUTE).unwrap();
+        let (iface, gw) = crate::platform::identity::parse_default_route(ROUTE).unwrap();
 
         let st = check_with_route(&cfg(port, "localhost"), ROUTE);
         assert_eq!(st.code, Some(9));

@@ -31,7 +31,7 @@ pub fn read(root: &Path, v4: &[(String, Ipv4Addr, u8)]) -> Wan {
         Ok(t) => t,
         Err(_) => return Wan::default(),
     };
-    let Some((name, gateway)) = crate::identity::parse_default_route(&route) else {
+    let Some((name, gateway)) = crate::platform::identity::parse_default_route(&route) else {
         return Wan::default();
     };
     let ip = v4
@@ -52,9 +52,9 @@ mod tests {
     use super::*;
 
     const DEFAULT: &str =
-        include_str!("../../tests/fixtures/proc-net-route-linux-desktop-default.txt");
+        include_str!("../../../tests/fixtures/proc-net-route-linux-desktop-default.txt");
     const NODEFAULT: &str =
-        include_str!("../../tests/fixtures/proc-net-route-embedded-nodefault-padded.txt");
+        include_str!("../../../tests/fixtures/proc-net-route-embedded-nodefault-padded.txt");
 
     fn tree(route: &str) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn default_route_fixture() {
         let d = tree(DEFAULT);
-        let (iface, gw) = crate::identity::parse_default_route(DEFAULT).unwrap();
+        let (iface, gw) = crate::platform::identity::parse_default_route(DEFAULT).unwrap();
         let st = d
             .path()
             .join("sys/class/net")

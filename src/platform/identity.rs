@@ -173,12 +173,12 @@ mod tests {
 
     #[test]
     fn default_route_from_real_fixtures() {
-        let desktop = include_str!("../tests/fixtures/proc-net-route-linux-desktop-default.txt");
+        let desktop = include_str!("../../tests/fixtures/proc-net-route-linux-desktop-default.txt");
         let (iface, gw) = parse_default_route(desktop).expect("default route");
         assert!(!iface.is_empty());
         assert_eq!(gw.split('.').count(), 4);
         let nodefault =
-            include_str!("../tests/fixtures/proc-net-route-embedded-nodefault-padded.txt");
+            include_str!("../../tests/fixtures/proc-net-route-embedded-nodefault-padded.txt");
         assert_eq!(parse_default_route(nodefault), None);
         assert_eq!(parse_default_route("garbage\n\u{0}\u{1}"), None);
     }
@@ -199,7 +199,7 @@ mod tests {
         fs::create_dir_all(root.join("tmp/sysinfo")).unwrap();
         fs::write(
             root.join("tmp/sysinfo/model"),
-            include_str!("../tests/fixtures/sysinfo-model-openwrt-rpi3bplus"),
+            include_str!("../../tests/fixtures/sysinfo-model-openwrt-rpi3bplus"),
         )
         .unwrap();
         assert!(
@@ -209,12 +209,12 @@ mod tests {
         );
         fs::write(
             root.join("etc/openwrt_version"),
-            include_str!("../tests/fixtures/openwrt_version-23.05-snapshot-x86_64"),
+            include_str!("../../tests/fixtures/openwrt_version-23.05-snapshot-x86_64"),
         )
         .unwrap();
         assert_eq!(
             firmware(root),
-            include_str!("../tests/fixtures/openwrt_version-23.05-snapshot-x86_64").trim()
+            include_str!("../../tests/fixtures/openwrt_version-23.05-snapshot-x86_64").trim()
         );
     }
 }

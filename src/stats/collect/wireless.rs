@@ -767,7 +767,7 @@ mod tests {
 
     macro_rules! fx {
         ($f:literal) => {
-            include_str!(concat!("../../tests/fixtures/", $f))
+            include_str!(concat!("../../../tests/fixtures/", $f))
         };
     }
 

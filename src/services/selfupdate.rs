@@ -24,7 +24,7 @@
 
 use crate::agent::Agent;
 use crate::jobs::Jobs;
-use crate::update;
+use crate::services::update;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fs;
@@ -49,7 +49,7 @@ pub const MAX_STARTS: u32 = 3;
 /// The connect deadline: [`CONNECT_DEADLINE`], or `SOCKETMAN_TEST_UPDATE_DEADLINE_MS`
 /// (test-only, never on a device: lets the integration test watch the timer fire).
 fn connect_deadline() -> Duration {
-    crate::collect::test_override_ms("SOCKETMAN_TEST_UPDATE_DEADLINE_MS")
+    crate::stats::collect::test_override_ms("SOCKETMAN_TEST_UPDATE_DEADLINE_MS")
         .unwrap_or(CONNECT_DEADLINE)
 }
 
@@ -83,7 +83,7 @@ pub fn marker_path(state_dir: &Path) -> PathBuf {
 
 /// Reads the marker; `None` when absent or unreadable (logged).
 pub fn read_marker(path: &Path) -> Option<Marker> {
-    match crate::state::read_json(path) {
+    match crate::platform::fs::read_json(path) {
         Ok(Some(v)) => match serde_json::from_value(v) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -107,7 +107,7 @@ pub fn read_marker(path: &Path) -> Option<Marker> {
 /// Writes the marker atomically (tmp + fsync + rename).
 pub fn write_marker(path: &Path, m: &Marker) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(m).map_err(io::Error::other)?;
-    crate::state::write_atomic(path, &bytes)
+    crate::platform::fs::write_atomic(path, &bytes)
 }
 
 /// `<path>.bak`.
@@ -270,12 +270,12 @@ pub fn run(agent: &Arc<Agent>, job_id: &str, args: &Value) -> Result<Value, Stri
         version: a.version.clone(),
         previous: crate::VERSION.to_string(),
         path: exe.clone(),
-        at: crate::events::now(),
+        at: crate::proto::now(),
         sha256: dl.sha256.clone(),
         failed: None,
         starts: 0,
     };
-    crate::state::ensure_dir(&cfg.state_dir)
+    crate::platform::fs::ensure_dir(&cfg.state_dir)
         .and_then(|()| write_marker(&marker_file, &marker))
         .map_err(|e| format!("cannot write {}: {e}", marker_file.display()))?;
     if let Err(e) = fs::rename(new.path(), &exe) {
@@ -306,7 +306,7 @@ fn reexec(agent: &Arc<Agent>, exe: &Path) -> io::Error {
     while agent.is_connected() && !agent.outbox.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    crate::sys::cloexec_from_3();
+    crate::platform::sys::cloexec_from_3();
     let mut args = std::env::args_os();
     let argv0 = args.next();
     let mut cmd = Command::new(exe);
@@ -320,7 +320,7 @@ fn reexec(agent: &Arc<Agent>, exe: &Path) -> io::Error {
 /// Services started by this process: stopped before a re-exec (the new image does not know
 /// them and starts them again).
 fn stop_services(agent: &Arc<Agent>) {
-    crate::supervisor::stop_all(agent);
+    crate::services::supervisor::stop_all(agent);
 }
 
 /// What a starting process does with a marker (pure; see the module doc).
@@ -360,7 +360,7 @@ pub fn decide(mut m: Marker, my_sha256: Option<&str>) -> Start {
 
 /// The `PROCESSED` of the `agent.update` job.
 pub fn processed(m: &Marker, success: bool, error: Option<&str>) -> Value {
-    let duration_ms = crate::events::now().saturating_sub(m.at) * 1000;
+    let duration_ms = crate::proto::now().saturating_sub(m.at) * 1000;
     let mut meta = json!({
         "msg": error.map(str::to_string).unwrap_or_else(|| format!("updated from {} to {}", m.previous, m.version)),
         "type": "agent.update",
@@ -375,7 +375,7 @@ pub fn processed(m: &Marker, success: bool, error: Option<&str>) -> Value {
     if let Some(e) = error {
         meta["error"] = json!(e);
     }
-    json!({"id": m.job_id, "timestamp": crate::events::now(), "app": "socketman",
+    json!({"id": m.job_id, "timestamp": crate::proto::now(), "app": "socketman",
            "event_type": "PROCESSED", "meta": meta})
 }
 

@@ -107,11 +107,13 @@ fn count_pids(proc_dir: &Path) -> Option<u64> {
 mod tests {
     use super::*;
 
-    const LOADAVG: &str = include_str!("../../tests/fixtures/proc-loadavg-linux-procfs.txt");
-    const MEM_X86: &str = include_str!("../../tests/fixtures/proc-meminfo-linux-x86_64-procfs.txt");
+    const LOADAVG: &str = include_str!("../../../tests/fixtures/proc-loadavg-linux-procfs.txt");
+    const MEM_X86: &str =
+        include_str!("../../../tests/fixtures/proc-meminfo-linux-x86_64-procfs.txt");
     const MEM_ECONET: &str =
-        include_str!("../../tests/fixtures/proc-meminfo-openwrt-econet-en7580.txt");
-    const MEM_2_6: &str = include_str!("../../tests/fixtures/proc-meminfo-openwrt-wrt610n-2.6.txt");
+        include_str!("../../../tests/fixtures/proc-meminfo-openwrt-econet-en7580.txt");
+    const MEM_2_6: &str =
+        include_str!("../../../tests/fixtures/proc-meminfo-openwrt-wrt610n-2.6.txt");
 
     #[test]
     fn loadavg_fixture() {

@@ -257,8 +257,8 @@ fn recover(agent: &Agent, name: &str) {
         "watchdog: {name} (pid {old}) silent for {}s, restarting",
         timeout.as_secs()
     );
-    let new_pid = if crate::supervisor::heartbeats(agent, name) {
-        match crate::supervisor::restart(agent, name) {
+    let new_pid = if crate::services::supervisor::heartbeats(agent, name) {
+        match crate::services::supervisor::restart(agent, name) {
             Ok(v) => v.get("pid").and_then(Value::as_i64).map(|p| p as i32),
             Err(e) => {
                 log::error!("watchdog: restart of service {name} failed: {e}");
@@ -267,10 +267,10 @@ fn recover(agent: &Agent, name: &str) {
         }
     } else {
         let me = std::process::id() as i32;
-        let same = matches!(crate::procs::read_stat(old),
+        let same = matches!(crate::services::procs::read_stat(old),
             Ok(s) if Some(s.starttime) == entry.pid_start && s.state != 'Z');
         if old > 1 && old != me && same {
-            if let Err(e) = crate::sys::kill(old, libc::SIGKILL) {
+            if let Err(e) = crate::platform::sys::kill(old, libc::SIGKILL) {
                 log::warn!("watchdog: KILL of {name} pid {old} failed: {e}");
             }
         } else {
@@ -290,7 +290,11 @@ fn recover(agent: &Agent, name: &str) {
             }
         }
     };
-    let new_start = new_pid.and_then(|p| crate::procs::read_stat(p).ok().map(|s| s.starttime));
+    let new_start = new_pid.and_then(|p| {
+        crate::services::procs::read_stat(p)
+            .ok()
+            .map(|s| s.starttime)
+    });
     agent
         .control
         .watchdog
@@ -338,13 +342,15 @@ fn serve(agent: &Agent, sock: &UdpSocket) {
                 Ok(b) => {
                     log::debug!("watchdog: beat from {} pid {}", b.process_name, b.pid);
                     agent.control.watchdog.beats.fetch_add(1, Ordering::Relaxed);
-                    let start = crate::procs::read_stat(b.pid).ok().map(|s| s.starttime);
+                    let start = crate::services::procs::read_stat(b.pid)
+                        .ok()
+                        .map(|s| s.starttime);
                     agent.control.watchdog.lock().beat(
                         b,
                         start,
                         timeout_of(agent),
                         Instant::now(),
-                        crate::events::now(),
+                        crate::proto::now(),
                     );
                 }
                 Err(e) => {
@@ -445,7 +451,7 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         let new_pid = lost["restarted_pid"].as_i64().unwrap() as i32;
-        assert!(crate::procs::alive(new_pid));
+        assert!(crate::services::procs::alive(new_pid));
         for _ in 0..100 {
             if marker.exists() {
                 break;
@@ -458,7 +464,7 @@ mod tests {
         assert_eq!(e[0]["restarts"], 1);
         assert_eq!(e[0]["pid"], new_pid);
         a.request_stop();
-        crate::sys::kill_group(new_pid, libc::SIGKILL).unwrap();
+        crate::platform::sys::kill_group(new_pid, libc::SIGKILL).unwrap();
     }
 
     #[test]

@@ -841,7 +841,7 @@ fn watch(
     timing: &Timing,
     stop: &dyn Fn(Duration) -> bool,
 ) -> Verdict {
-    let mut w = Watch::new(since, crate::events::now(), timing.up_for, heartbeat);
+    let mut w = Watch::new(since, crate::proto::now(), timing.up_for, heartbeat);
     loop {
         let v = match ctl.observe(name) {
             Some(obs) => w.step(Instant::now(), &obs),
@@ -873,7 +873,7 @@ pub fn service_update(
         .ok_or_else(|| UpdateError::NoSuchService(a.name.clone()))?;
     let dir = service_dir(&cfg.state_dir, &a.name);
     let _lock = ServiceLock::take(&a.name, &dir)?;
-    crate::state::ensure_dir(&dir).map_err(io_err(&dir))?;
+    crate::platform::fs::ensure_dir(&dir).map_err(io_err(&dir))?;
     let previous = current_version(&dir);
     if previous.as_deref() == Some(a.version.as_str()) {
         return Err(UpdateError::SameVersion {
@@ -962,15 +962,15 @@ pub struct Supervised<'a>(pub &'a crate::agent::Agent);
 
 impl ServiceControl for Supervised<'_> {
     fn set_updating(&self, name: &str, updating: bool) {
-        crate::supervisor::set_updating(self.0, name, updating);
+        crate::services::supervisor::set_updating(self.0, name, updating);
     }
     fn restart(&self, name: &str) -> Result<(), String> {
-        crate::supervisor::restart(self.0, name).map(|_| ())
+        crate::services::supervisor::restart(self.0, name).map(|_| ())
     }
     fn observe(&self, name: &str) -> Option<Observation> {
-        let i = crate::supervisor::info(self.0, name)?;
+        let i = crate::services::supervisor::info(self.0, name)?;
         Some(Observation {
-            running: i.status == crate::supervisor::Status::Running && i.pid.is_some(),
+            running: i.status == crate::services::supervisor::Status::Running && i.pid.is_some(),
             pid: i.pid.and_then(|p| u32::try_from(p).ok()),
             restarts: i.restarts,
             status: i.status.as_str().to_string(),

@@ -24,9 +24,9 @@ pub struct Control {
     /// Processes started by `process.start`.
     pub children: Arc<Registry>,
     /// The supervisor's services (SPEC §8.1).
-    pub services: crate::supervisor::Services,
+    pub services: crate::services::supervisor::Services,
     /// The watchdog's heartbeat table (SPEC §8.2).
-    pub watchdog: crate::watchdog::Shared,
+    pub watchdog: crate::services::watchdog::Shared,
 }
 
 /// How a process ended.
@@ -504,9 +504,9 @@ pub fn stop(reg: &Registry, args: &Value) -> Result<Value, String> {
     let group = st.pgrp == pid && pid > 1;
     let send = |sig: i32| -> Result<(), String> {
         let r = if group {
-            crate::sys::kill_group(pid, sig)
+            crate::platform::sys::kill_group(pid, sig)
         } else {
-            crate::sys::kill(pid, sig)
+            crate::platform::sys::kill(pid, sig)
         };
         r.map_err(|e| kill_err(pid, e))
     };
@@ -544,7 +544,7 @@ pub fn signal(args: &Value) -> Result<Value, String> {
     let name = arg_str(args, "signal")?;
     let sig = signal_number(name).ok_or_else(|| format!("unknown signal: {name}"))?;
     not_self(pid)?;
-    crate::sys::kill(pid, sig).map_err(|e| kill_err(pid, e))?;
+    crate::platform::sys::kill(pid, sig).map_err(|e| kill_err(pid, e))?;
     log::info!("process.signal: {name} sent to {pid}");
     Ok(json!({}))
 }
@@ -571,8 +571,8 @@ pub fn status(reg: &Registry, args: &Value) -> Result<Value, String> {
 
 /// Every process in `/proc`, plus the pids started by `process.start` still running.
 pub fn list(reg: &Registry) -> Value {
-    let ticks = crate::sys::clock_ticks().max(1);
-    let page = crate::sys::page_size();
+    let ticks = crate::platform::sys::clock_ticks().max(1);
+    let page = crate::platform::sys::page_size();
     let btime = boot_time();
     let users = users();
     let procs: Vec<Value> = all_pids()
@@ -615,8 +615,8 @@ pub fn cpu_percent(
 
 /// One process in detail (the Nest bot's fields).
 pub fn info(pid: i32) -> Result<Value, String> {
-    let ticks = crate::sys::clock_ticks().max(1);
-    let page = crate::sys::page_size();
+    let ticks = crate::platform::sys::clock_ticks().max(1);
+    let page = crate::platform::sys::page_size();
     let t0 = Instant::now();
     let first = read_stat(pid)?;
     std::thread::sleep(Duration::from_millis(200));

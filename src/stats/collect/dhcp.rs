@@ -75,7 +75,7 @@ mod tests {
 
     macro_rules! fx {
         ($f:literal) => {
-            include_str!(concat!("../../tests/fixtures/", $f))
+            include_str!(concat!("../../../tests/fixtures/", $f))
         };
     }
 

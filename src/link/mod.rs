@@ -4,7 +4,7 @@
 //! 30 s, the offline CONNECT as last will, TLS verified against `cacrt` or the system bundle),
 //! subscribes to `sub/T/K/MAC` on every connect, publishes the retained online CONNECT and hands
 //! each inbound job to [`Jobs::on_message`]; on a lost connection it reconnects with jittered
-//! back-off 1–60 s. `mqtt-out` publishes the [`crate::events::Outbox`] while connected, in order,
+//! back-off 1–60 s. `mqtt-out` publishes the [`crate::proto::Outbox`] while connected, in order,
 //! waiting for the broker's acknowledgement of each QoS ≥ 1 message; a message that fails goes
 //! back to the front of the queue. TCP_NODELAY is set by Paho C on every socket.
 #![forbid(unsafe_code)]
@@ -12,8 +12,8 @@
 use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::events::{event, Outgoing, Topic};
 use crate::jobs::Jobs;
+use crate::proto::{event, Outgoing, Topic};
 use paho_mqtt as mqtt;
 use serde_json::json;
 use std::path::Path;
@@ -302,7 +302,7 @@ impl Link {
                         .map_or(serde_json::Value::Null, |c| json!(c));
                     agent.outbox.status_event(
                         "PING",
-                        json!({"uptime": crate::identity::system_uptime(), "status": status}),
+                        json!({"uptime": crate::platform::identity::system_uptime(), "status": status}),
                     );
                 }
             }

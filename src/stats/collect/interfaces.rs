@@ -2,7 +2,7 @@
 //! except `lo`, with MAC, up, MTU, counters and addresses. Runs on the collector thread.
 //!
 //! Addresses: IPv6 from `/proc/net/if_inet6` (under the root path); IPv4 from
-//! `getifaddrs(3)` ([`crate::sys::ipv4_addresses`]), which the caller passes in so tests can
+//! `getifaddrs(3)` ([`crate::platform::sys::ipv4_addresses`]), which the caller passes in so tests can
 //! use fixture trees. Each address is `"addr/prefix"`. A missing directory or file gives an
 //! empty list or `null` fields, never an error.
 #![forbid(unsafe_code)]
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn this_machine() {
-        let v4 = crate::sys::ipv4_addresses().unwrap();
+        let v4 = crate::platform::sys::ipv4_addresses().unwrap();
         let ifs = read(Path::new("/"), &v4);
         assert!(ifs.iter().all(|i| i.name != "lo"));
     }

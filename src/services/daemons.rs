@@ -84,7 +84,7 @@ pub fn run_program(
                 program.display(),
                 args.join(" ")
             );
-            let _ = crate::sys::kill_group(pid, libc::SIGKILL);
+            let _ = crate::platform::sys::kill_group(pid, libc::SIGKILL);
             let _ = child.wait();
             timed_out = true;
             break None;
@@ -265,12 +265,12 @@ fn pid_of(cfg: &Config, name: &str) -> Option<i32> {
     }
     if let Ok(t) = std::fs::read_to_string(format!("/var/run/{name}.pid")) {
         if let Ok(p) = t.trim().parse::<i32>() {
-            if crate::procs::alive(p) {
+            if crate::services::procs::alive(p) {
                 return Some(p);
             }
         }
     }
-    crate::procs::pids_named(name).into_iter().next()
+    crate::services::procs::pids_named(name).into_iter().next()
 }
 
 /// `{"name","status","enabled","pid"}`.
@@ -332,7 +332,7 @@ pub fn run(agent: &Agent, ty: &str, args: &Value) -> Result<Value, String> {
     if ty == "daemon.list" {
         return list(&cfg);
     }
-    let name = crate::procs::arg_str(args, "name")?;
+    let name = crate::services::procs::arg_str(args, "name")?;
     match ty {
         "daemon.info" => info(&cfg, name),
         _ => match ty.strip_prefix("daemon.") {
