@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
-use crate::proto::Outbox;
+use crate::link::outbox::Outbox;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};

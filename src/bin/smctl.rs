@@ -5,14 +5,14 @@
 //! a summary). Broker, topic, key, MAC and `job_secret` come from socketman's own config file
 //! (`--config`, read with `socketman::config::load`) and/or flags; jobs are signed as SPEC §4.3
 //! when a `job_secret` is known. Shares nothing with the agent at run time; the payload shapes
-//! and topic names come from the library (`socketman::link::Topics`, `jobs::intake::sign`).
+//! and topic names come from the library (`socketman::proto::Topics`, `jobs::intake::sign`).
 #![forbid(unsafe_code)]
 
 use getopts::{Matches, Options};
 use paho_mqtt as mqtt;
 use serde_json::{json, Value};
 use socketman::config::Config;
-use socketman::link::Topics;
+use socketman::proto::Topics;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::Path;

@@ -4,16 +4,19 @@
 //! 30 s, the offline CONNECT as last will, TLS verified against `cacrt` or the system bundle),
 //! subscribes to `sub/T/K/MAC` on every connect, publishes the retained online CONNECT and hands
 //! each inbound job to [`Jobs::on_message`]; on a lost connection it reconnects with jittered
-//! back-off 1–60 s. `mqtt-out` publishes the [`crate::proto::Outbox`] while connected, in order,
+//! back-off 1–60 s. `mqtt-out` publishes the [`crate::link::outbox::Outbox`] while connected, in order,
 //! waiting for the broker's acknowledgement of each QoS ≥ 1 message; a message that fails goes
 //! back to the front of the queue. TCP_NODELAY is set by Paho C on every socket.
 #![forbid(unsafe_code)]
+
+pub mod outbox;
 
 use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::jobs::Jobs;
-use crate::proto::{event, Outgoing, Topic};
+use crate::proto::{event, Topics};
+use outbox::Outgoing;
 use paho_mqtt as mqtt;
 use serde_json::json;
 use std::path::Path;
@@ -42,35 +45,6 @@ pub fn system_ca_bundle() -> Option<String> {
         .iter()
         .find(|p| Path::new(p).is_file())
         .map(|p| p.to_string())
-}
-
-/// The four topics of one device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Topics {
-    pub sub: String,
-    pub delivery: String,
-    pub publ: String,
-    pub status: String,
-}
-
-impl Topics {
-    pub fn new(cfg: &Config, mac: &str) -> Self {
-        let tail = format!("{}/{}/{}", cfg.topic, cfg.key, mac);
-        Topics {
-            sub: format!("sub/{tail}"),
-            delivery: format!("delivery/{tail}"),
-            publ: format!("pub/{tail}"),
-            status: format!("status/{tail}"),
-        }
-    }
-
-    pub fn of(&self, t: Topic) -> &str {
-        match t {
-            Topic::Delivery => &self.delivery,
-            Topic::Pub => &self.publ,
-            Topic::Status => &self.status,
-        }
-    }
 }
 
 /// The broker URI for the config.
@@ -379,6 +353,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Topic;
 
     #[test]
     fn topics_and_uri() {

@@ -1,0 +1,171 @@
+//! The [`Outbox`]: the one way any thread sends a message to the broker. A cheap clonable
+//! handle; the `mqtt-out` thread owns the connection and drains it. While the link is down,
+//! messages wait in a bounded queue (results are never dropped from it; status events are,
+//! oldest first, with a log line).
+#![forbid(unsafe_code)]
+
+use crate::proto::{event, Topic};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// One message waiting to be published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub topic: Topic,
+    pub payload: Vec<u8>,
+    pub qos: i32,
+    pub retain: bool,
+}
+
+/// Status events kept while the link is down; older ones are dropped beyond this.
+const MAX_QUEUED_EVENTS: usize = 256;
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    closed: bool,
+    dropped_events: u64,
+}
+
+/// Clonable handle to the outgoing queue.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    inner: Arc<(Mutex<Queue>, Condvar)>,
+    status_qos: Arc<std::sync::atomic::AtomicI32>,
+}
+
+impl Outbox {
+    pub fn new(status_qos: i32) -> Self {
+        let o = Outbox::default();
+        o.set_status_qos(status_qos);
+        o
+    }
+
+    /// QoS of PING and events (`qos` config key); changes on HUP.
+    pub fn set_status_qos(&self, qos: i32) {
+        self.status_qos
+            .store(qos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Queues `payload` for `topic`.
+    pub fn publish(&self, topic: Topic, payload: &Value, qos: i32, retain: bool) {
+        let msg = Outgoing {
+            topic,
+            payload: payload.to_string().into_bytes(),
+            qos,
+            retain,
+        };
+        let (lock, cv) = &*self.inner;
+        let mut q = match lock.lock() {
+            Ok(q) => q,
+            Err(p) => p.into_inner(),
+        };
+        if topic == Topic::Status {
+            let events = q.items.iter().filter(|m| m.topic == Topic::Status).count();
+            if events >= MAX_QUEUED_EVENTS {
+                if let Some(pos) = q.items.iter().position(|m| m.topic == Topic::Status) {
+                    q.items.remove(pos);
+                    q.dropped_events += 1;
+                    log::warn!(
+                        "broker unreachable: oldest queued status event dropped ({} so far)",
+                        q.dropped_events
+                    );
+                }
+            }
+        }
+        q.items.push_back(msg);
+        cv.notify_all();
+    }
+
+    /// Publishes a status event (`status/…`, `qos` from the config, not retained).
+    pub fn status_event(&self, event_type: &str, meta: Value) {
+        let qos = self.status_qos.load(std::sync::atomic::Ordering::Relaxed);
+        self.publish(Topic::Status, &event(event_type, meta), qos, false);
+    }
+
+    /// Takes the oldest message, waiting up to `timeout`. `None` on timeout or when closed.
+    pub fn pop(&self, timeout: Duration) -> Option<Outgoing> {
+        let (lock, cv) = &*self.inner;
+        let mut q = match lock.lock() {
+            Ok(q) => q,
+            Err(p) => p.into_inner(),
+        };
+        if q.items.is_empty() && !q.closed {
+            q = match cv.wait_timeout(q, timeout) {
+                Ok((q, _)) => q,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        q.items.pop_front()
+    }
+
+    /// Puts a message that could not be published back at the front.
+    pub fn unpop(&self, msg: Outgoing) {
+        let (lock, _) = &*self.inner;
+        let mut q = match lock.lock() {
+            Ok(q) => q,
+            Err(p) => p.into_inner(),
+        };
+        q.items.push_front(msg);
+    }
+
+    /// Number of messages waiting.
+    pub fn len(&self) -> usize {
+        let (lock, _) = &*self.inner;
+        lock.lock().map(|q| q.items.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every message waiting, removed (tests; shutdown).
+    pub fn drain(&self) -> Vec<Outgoing> {
+        let (lock, _) = &*self.inner;
+        match lock.lock() {
+            Ok(mut q) => q.items.drain(..).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Wakes anyone waiting in [`Outbox::pop`] for good.
+    pub fn close(&self) {
+        let (lock, cv) = &*self.inner;
+        if let Ok(mut q) = lock.lock() {
+            q.closed = true;
+        }
+        cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn queue_order_and_event_bound() {
+        let o = Outbox::new(1);
+        o.publish(Topic::Pub, &json!({"id": "a"}), 1, false);
+        for i in 0..(MAX_QUEUED_EVENTS + 10) {
+            o.status_event("PING", json!({ "i": i }));
+        }
+        o.publish(Topic::Pub, &json!({"id": "b"}), 1, false);
+        let all = o.drain();
+        assert_eq!(all.len(), MAX_QUEUED_EVENTS + 2);
+        assert_eq!(all[0].topic, Topic::Pub, "results are never dropped");
+        assert_eq!(all.last().map(|m| m.topic), Some(Topic::Pub));
+        let first_event: Value = serde_json::from_slice(&all[1].payload).unwrap();
+        assert_eq!(first_event["meta"]["i"], 10, "oldest events went first");
+    }
+
+    #[test]
+    fn pop_times_out_when_empty() {
+        let o = Outbox::new(0);
+        assert!(o.pop(Duration::from_millis(10)).is_none());
+        o.status_event("X", json!({}));
+        assert_eq!(o.pop(Duration::from_millis(10)).map(|m| m.qos), Some(0));
+    }
+}
