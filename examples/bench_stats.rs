@@ -11,8 +11,8 @@
 mod http;
 
 use serde_json::Value;
-use socketman::agent::{Agent, NetStatus};
 use socketman::config::Config;
+use socketman::net::NetStatus;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -174,16 +174,22 @@ fn main() {
     cfg.token = Some("bench".into());
     cfg.cache_dir = dir.path().join("cache");
     cfg.cache_max_bytes = 100_000_000;
-    let agent = Agent::new(cfg.clone(), dir.path().join("c.json"), None, mac.into());
-    let stats = socketman::stats::upload::handle(&agent);
+    let shutdown = socketman::runtime::Shutdown::new();
+    let agent = socketman::stats::upload::StatsCtx {
+        stats: socketman::stats::upload::Stats::open(&cfg, &shutdown),
+        cfg: socketman::runtime::ConfigHandle::new(cfg.clone(), dir.path().join("c.json")),
+        mac: mac.into(),
+        shutdown,
+        timings: socketman::runtime::Timings::default(),
+    };
     let t = Instant::now();
     for i in 0..5760u64 {
         vary(&mut r, i, &mut rng);
-        socketman::stats::upload::store(&agent, &stats, &cfg, r.clone(), 0);
+        socketman::stats::upload::store(&agent, &cfg, r.clone(), 0);
     }
     let fill = t.elapsed();
     let t = Instant::now();
-    let sent = socketman::stats::upload::upload_cycle(&agent, &stats, &cfg);
+    let sent = socketman::stats::upload::upload_cycle(&agent, &cfg);
     let drain = t.elapsed();
     let reqs = srv.requests();
     let wire: usize = reqs.iter().map(|q| q.body.len()).sum();

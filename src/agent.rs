@@ -1,158 +1,45 @@
-//! The running agent: one [`Agent`] shared (behind `Arc`) by every thread, and [`run`], which
-//! loads the config, starts the threads, waits for signals in the main thread and performs
-//! the clean stop of SPEC §10.
+//! The running agent: wiring only. [`run`] loads the config, builds the narrow handles
+//! (config, stop token, outbox, link-state and connectivity watches, stats, supervisor,
+//! heartbeat table), gives each thread the ones it needs, then runs the main loop, which
+//! receives [`Control`] messages: signals (from the `signals` thread), a new config from
+//! re-provisioning, a re-exec request from the self-update. That loop is the ONE place where
+//! a config is applied ([`apply`]: HUP and re-provisioning alike) and the ONE place where the
+//! process re-executes itself (a changed MQTT connection, `agent.update`, its rollback),
+//! always after the clean stop of SPEC §10, which joins every thread it started.
 //!
-//! Threads: `mqtt-link` (connect, inbound jobs), `mqtt-out` (publishes the outbox),
-//! `job-worker-N`, `pinger`, `rest-notify` (when `rest`), plus those of the collector,
-//! uploader, monitor, supervisor and watchdog. Each waits with a timeout on the shutdown
-//! signal, so the stop is bounded.
+//! Threads: `signals`, `mqtt-link`, `mqtt-out`, `job-worker-N`, `rest-notify`,
+//! `stats-collect`, `stats-upload`, `monitor`, `supervisor`, `watchdog` (when on) and
+//! `selfupdate` (when an update is pending). Every wait in them ends on the stop token.
+//!
+//! A panic anywhere is logged once and aborts the process ([`install_panic_hook`]), so that
+//! procd or systemd start a fresh one instead of leaving a live process with a dead thread.
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
+use crate::error::Fatal;
+use crate::healthz::Sources;
+use crate::jobs::typed::Handlers;
+use crate::jobs::Jobs;
 use crate::link::outbox::Outbox;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use crate::link::LinkDeps;
+use crate::net::monitor::Monitor;
+use crate::net::{NetStatus, RecoveryPause};
+use crate::runtime::{ConfigHandle, Control, Shutdown, Threads, Timings, Watch};
+use crate::services::heartbeats::Heartbeats;
+use crate::services::supervisor::Supervisor;
+use crate::stats::upload::{Stats, StatsCtx};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What the monitor last found (SPEC §6); `None` fields are not known yet.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NetStatus {
-    pub code: Option<u8>,
-    pub wan_name: Option<String>,
-    pub wan_ip: Option<String>,
-    pub wan_gateway: Option<String>,
-}
-
-/// State shared by all threads.
-pub struct Agent {
-    config: RwLock<Arc<Config>>,
-    /// `--config` path (re-read on HUP, written by provisioning).
-    pub config_path: PathBuf,
-    /// `-b` provisioning URL.
-    pub init_url: Option<String>,
-    /// The device MAC as used in topics.
-    pub mac: String,
-    /// When this process started (monotonic).
-    pub started: Instant,
-    shutdown: (Mutex<bool>, Condvar),
-    /// Messages to the broker.
-    pub outbox: Outbox,
-    /// True while the MQTT link is up.
-    pub mqtt_connected: AtomicBool,
-    /// Last connectivity check.
-    pub net: Mutex<NetStatus>,
-    /// Stats spool and upload trigger (issue 3; `crate::stats::upload::handle` creates it on first
-    /// use): healthz reads the cache counters, USR1 calls `crate::stats::upload::upload_now`.
-    pub stats: OnceLock<Arc<crate::stats::upload::Stats>>,
-    /// Process control (issue 5): processes started by jobs, supervised services, heartbeats.
-    pub control: crate::services::procs::Control,
-    /// Monitor/recovery state shared with the `network` job (src/monitor.rs).
-    pub monitor: crate::net::monitor::Shared,
-}
-
-impl Agent {
-    pub fn new(
-        config: Config,
-        config_path: PathBuf,
-        init_url: Option<String>,
-        mac: String,
-    ) -> Arc<Agent> {
-        let outbox = Outbox::new(config.qos);
-        Arc::new(Agent {
-            config: RwLock::new(Arc::new(config)),
-            config_path,
-            init_url,
-            mac,
-            started: Instant::now(),
-            shutdown: (Mutex::new(false), Condvar::new()),
-            outbox,
-            mqtt_connected: AtomicBool::new(false),
-            net: Mutex::new(NetStatus::default()),
-            stats: OnceLock::new(),
-            control: crate::services::procs::Control::default(),
-            monitor: crate::net::monitor::Shared::default(),
-        })
-    }
-
-    /// The current config (cheap: an `Arc` clone).
-    pub fn cfg(&self) -> Arc<Config> {
-        match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// Swaps in a new config (HUP).
-    pub fn set_config(&self, c: Config) {
-        self.outbox.set_status_qos(c.qos);
-        match self.config.write() {
-            Ok(mut g) => *g = Arc::new(c),
-            Err(p) => *p.into_inner() = Arc::new(c),
-        }
-    }
-
-    /// True once a stop was requested.
-    pub fn stopping(&self) -> bool {
-        self.shutdown.0.lock().map(|g| *g).unwrap_or(true)
-    }
-
-    /// Asks every thread to stop.
-    pub fn request_stop(&self) {
-        if let Ok(mut g) = self.shutdown.0.lock() {
-            *g = true;
-        }
-        self.shutdown.1.notify_all();
-    }
-
-    /// Sleeps up to `d`; returns early with `true` when a stop is requested.
-    pub fn wait_stop(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
-        let (lock, cv) = &self.shutdown;
-        let mut g = match lock.lock() {
-            Ok(g) => g,
-            Err(_) => return true,
-        };
-        while !*g {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = match cv.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(_) => return true,
-            };
-        }
-        true
-    }
-
-    /// Seconds since this process started.
-    pub fn uptime(&self) -> u64 {
-        self.started.elapsed().as_secs()
-    }
-
-    /// Last connectivity CODE, when known.
-    pub fn net_code(&self) -> Option<u8> {
-        self.net.lock().ok().and_then(|n| n.code)
-    }
-
-    /// True while the MQTT link is up.
-    pub fn is_connected(&self) -> bool {
-        self.mqtt_connected.load(Ordering::Relaxed)
-    }
-}
-
-/// Called by the MQTT link after every successful connect (and subscribe).
-pub fn on_connected(agent: &Arc<Agent>) {
-    let _ = agent;
-}
 
 /// Loads the config for start-up: the file, or provisioning with `-b` (SPEC §7.1).
 /// `Ok(None)` when a stop was requested while provisioning.
 fn initial_config(
-    path: &std::path::Path,
+    path: &Path,
     init_url: Option<&str>,
-    stop: &dyn Fn() -> bool,
+    stop: &Shutdown,
+    timings: &Timings,
 ) -> Result<Option<Config>, Fatal> {
     match crate::config::load(path) {
         Ok((cfg, notes)) => {
@@ -168,13 +55,19 @@ fn initial_config(
             ))),
             Some(url) => {
                 log::warn!("{e}; provisioning from -b");
-                let root = std::path::Path::new("/");
+                let root = Path::new("/");
                 let d = Config::default();
                 let mac = crate::platform::identity::discover_mac(None, &d.mac_file, root)
                     .unwrap_or_else(|| "unknown".into());
                 let machine = crate::platform::identity::machine_type(root);
                 let firmware = crate::platform::identity::firmware(root);
-                match crate::provision::provision(url, path, &mac, &machine, &firmware, stop) {
+                match crate::provision::provision(
+                    url,
+                    path,
+                    (&mac, &machine, &firmware),
+                    timings.provision_retry,
+                    stop,
+                ) {
                     Ok(cfg) => {
                         crate::logging::set_level(cfg.debug);
                         Ok(Some(cfg))
@@ -205,89 +98,115 @@ fn setup_ca_bundle() {
     }
 }
 
-/// Re-reads the config on HUP, keeping the old one when the new one is invalid. Returns true
-/// when the new config changes what only a fresh start can apply (the MQTT connection,
-/// `job_workers`, `state_dir`, `cache_dir`, `watchdog_port`): the caller then stops cleanly
-/// and re-executes itself with the same arguments.
-pub fn reload(agent: &Arc<Agent>) -> bool {
-    match crate::config::load(&agent.config_path) {
-        Ok((new, notes)) => {
-            for n in notes {
-                log::warn!("{n}");
-            }
-            let old = agent.cfg();
-            let mqtt_changed = old.mqtt_host != new.mqtt_host
-                || old.port != new.port
-                || old.tls != new.tls
-                || old.cacrt != new.cacrt
-                || old.username != new.username
-                || old.password != new.password
-                || old.topic != new.topic
-                || old.key != new.key
-                || old.mac != new.mac;
-            let restart = mqtt_changed
-                || old.job_workers != new.job_workers
-                || old.state_dir != new.state_dir
-                || old.cache_dir != new.cache_dir
-                || old.watchdog_port != new.watchdog_port;
-            crate::logging::set_level(new.debug);
-            agent.set_config(new);
-            if restart {
-                log::warn!(
-                    "HUP: config {} changes the MQTT connection, job_workers, state_dir, cache_dir or watchdog_port; restarting in place to apply it",
-                    agent.config_path.display()
-                );
-            } else {
-                log::info!("HUP: config {} reloaded", agent.config_path.display());
-            }
-            restart
-        }
-        Err(e) => {
-            log::error!("HUP: {e}; keeping the running config");
-            false
-        }
-    }
+/// True when going from `old` to `new` changes what only a fresh start can apply: the MQTT
+/// connection (host, port, TLS, CA, credentials, topic, key, MAC), `job_workers`,
+/// `state_dir`, `cache_dir` or `watchdog_port`.
+pub fn needs_restart(old: &Config, new: &Config) -> bool {
+    old.mqtt_host != new.mqtt_host
+        || old.port != new.port
+        || old.tls != new.tls
+        || old.cacrt != new.cacrt
+        || old.username != new.username
+        || old.password != new.password
+        || old.topic != new.topic
+        || old.key != new.key
+        || old.mac != new.mac
+        || old.job_workers != new.job_workers
+        || old.state_dir != new.state_dir
+        || old.cache_dir != new.cache_dir
+        || old.watchdog_port != new.watchdog_port
 }
 
-/// Replaces this process with a fresh start of the same binary and arguments (after a clean
-/// stop). Returns only on failure.
-fn restart_in_place() -> Fatal {
+/// The one config-apply path (HUP and re-provisioning): swaps the config in and returns true
+/// when the caller must stop cleanly and re-execute to apply it ([`needs_restart`]).
+fn apply(cfg: &ConfigHandle, outbox: &Outbox, new: Config, from: &str) -> bool {
+    let old = cfg.get();
+    let restart = needs_restart(&old, &new);
+    crate::logging::set_level(new.debug);
+    outbox.set_status_qos(new.qos);
+    cfg.set(new);
+    if restart {
+        log::warn!(
+            "{from}: config {} changes the MQTT connection, job_workers, state_dir, cache_dir or watchdog_port; restarting in place to apply it",
+            cfg.path().display()
+        );
+    } else {
+        log::info!("{from}: config {} reloaded", cfg.path().display());
+    }
+    restart
+}
+
+/// Replaces this process with `exe` and the same arguments (after a clean stop). Returns
+/// only on failure.
+fn exec_in_place(exe: &Path) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     crate::platform::sys::cloexec_from_3();
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return Fatal::Other(format!("cannot restart: path of the running binary: {e}")),
-    };
     let mut args = std::env::args_os();
-    let mut cmd = std::process::Command::new(&exe);
+    let mut cmd = std::process::Command::new(exe);
     if let Some(a0) = args.next() {
         cmd.arg0(a0);
     }
-    log::info!("restarting {}", exe.display());
-    let err = cmd.args(args).exec();
-    Fatal::Other(format!("cannot restart {}: {err}", exe.display()))
+    log::info!("re-executing {}", exe.display());
+    cmd.args(args).exec()
 }
 
-use crate::cli::Fatal;
+/// A panic anywhere is logged once and aborts the process (whatever the build's panic
+/// strategy: the OpenWrt feed builds with `panic=unwind`), so that procd or systemd restart
+/// socketman instead of keeping a process whose MQTT link or worker thread died.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        log::error!("panic in thread {name}: {info}; aborting so that socketman is restarted");
+        log::logger().flush();
+        std::process::abort();
+    }));
+}
+
+/// How the main loop ended.
+enum End {
+    Stop,
+    Reexec {
+        exe: PathBuf,
+        on_fail: Box<dyn FnOnce(&std::io::Error) + Send>,
+    },
+}
 
 /// Runs the agent until TERM/INT (SPEC §7 start-up, §10 signals).
 pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-    // Signals first, so that a TERM during start-up is not lost.
-    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+    install_panic_hook();
+    let timings = Timings::current();
+    if timings != Timings::default() {
+        log::warn!("test build: timings overridden by SOCKETMAN_TEST_* ({timings:?})");
+    }
+    // Signals first, so that a TERM during start-up is not lost. TERM/INT also end a
+    // provisioning wait at start (`boot_stop`).
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| Fatal::Other(format!("cannot install signal handlers: {e}")))?;
-    let signals = std::cell::RefCell::new(signals);
-    let stop_asked = || {
-        signals
-            .borrow_mut()
-            .pending()
-            .any(|s| s == SIGTERM || s == SIGINT)
+    let signal_handle = signals.handle();
+    let (control_tx, control_rx) = mpsc::channel::<Control>();
+    let boot_stop = Shutdown::new();
+    let signal_thread = {
+        let (tx, boot_stop) = (control_tx.clone(), boot_stop.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if sig == SIGTERM || sig == SIGINT {
+                        boot_stop.trigger();
+                    }
+                    if tx.send(Control::Signal(sig)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Fatal::Other(format!("cannot start the signal thread: {e}")))?
     };
-    let Some(cfg) = initial_config(&config_path, init_url.as_deref(), &stop_asked)? else {
+    let Some(cfg) = initial_config(&config_path, init_url.as_deref(), &boot_stop, &timings)? else {
         log::info!("stopped while provisioning");
         return Ok(());
     };
-    let mut signals = signals.into_inner();
     if cfg.insecure {
         log::warn!("insecure is on: HTTPS certificates are not verified");
     }
@@ -295,18 +214,15 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         crate::platform::fs::ensure_dir(d)
             .map_err(|e| Fatal::Other(format!("cannot create {}: {e}", d.display())))?;
     }
-    let mac = crate::platform::identity::discover_mac(
-        cfg.mac.as_deref(),
-        &cfg.mac_file,
-        std::path::Path::new("/"),
-    )
-    .ok_or_else(|| {
-        Fatal::Config(format!(
+    let mac =
+        crate::platform::identity::discover_mac(cfg.mac.as_deref(), &cfg.mac_file, Path::new("/"))
+            .ok_or_else(|| {
+                Fatal::Config(format!(
             "config {}: no \"mac\" set, none in {}, and no default-route interface to take it from",
             config_path.display(),
             cfg.mac_file
         ))
-    })?;
+            })?;
     setup_ca_bundle();
     log::info!(
         "{} starting as {} (config {})",
@@ -315,52 +231,234 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         config_path.display()
     );
     let link = crate::link::Link::new(&cfg, &mac).map_err(Fatal::Other)?;
-    let agent = Agent::new(cfg, config_path, init_url, mac);
-    crate::provision::boot(&agent);
+    crate::provision::boot(&cfg, &mac);
+    match crate::stats::spool::restore(&cfg.cache_dir, &cfg.state_dir) {
+        Ok(0) => {}
+        Ok(n) => log::info!("stats: {n} cache files saved before the last stop or reboot put back"),
+        Err(e) => log::error!(
+            "stats: cache saved in {} could not be put back: {e}",
+            cfg.state_dir.display()
+        ),
+    }
 
-    let jobs = crate::jobs::Jobs::start(&agent)
-        .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
+    // --- handles ---
+    let started = Instant::now();
+    let shutdown = Shutdown::new();
+    let outbox = Outbox::new(cfg.qos);
+    let stats = Stats::open(&cfg, &shutdown);
+    let state_dir = cfg.state_dir.clone();
+    let config = ConfigHandle::new(cfg, config_path.clone());
+    let link_state = Watch::new(false, &shutdown);
+    let net = Watch::new(NetStatus::default(), &shutdown);
+    let pause = RecoveryPause::default();
+    let heartbeats = Heartbeats::default();
+    let supervisor = Supervisor::new(
+        config.clone(),
+        outbox.clone(),
+        shutdown.clone(),
+        heartbeats.clone(),
+        timings.backoff_unit,
+    );
+    let stats_ctx = StatsCtx {
+        stats: stats.clone(),
+        cfg: config.clone(),
+        mac: mac.clone(),
+        shutdown: shutdown.clone(),
+        timings,
+    };
+    // 401 from the stats API: re-provision with `-b` (SPEC §5, §7) on the uploader thread;
+    // the new config goes through the main loop like a HUP.
+    match init_url.clone() {
+        Some(url) => {
+            let (tx, cfg, mac) = (control_tx.clone(), config.clone(), mac.clone());
+            stats.set_on_unauthorized(move || {
+                if let Some(new) = crate::provision::reprovision(
+                    &url,
+                    cfg.path(),
+                    &mac,
+                    &cfg.get(),
+                    timings.http_timeout,
+                ) {
+                    log::info!("stats: re-provisioned after 401; applying the new config");
+                    let _ = tx.send(Control::NewConfig {
+                        cfg: Box::new(new),
+                        from: "re-provisioning after 401",
+                    });
+                }
+            });
+        }
+        None => stats.set_on_unauthorized(|| {
+            log::warn!("stats: 401 and no -b given: records kept until the token is fixed")
+        }),
+    }
+    let handlers = Handlers {
+        processes: Arc::new(crate::services::procs::Processes::default()),
+        daemons: Arc::new(crate::services::daemons::Daemons(config.clone())),
+        services: Arc::new(supervisor.clone()),
+        agent_update: Arc::new(crate::services::selfupdate::SelfUpdate {
+            cfg: config.clone(),
+            control: control_tx.clone(),
+        }),
+        stats: Arc::new(crate::stats::StatsJob {
+            ctx: stats_ctx.clone(),
+            net: net.clone(),
+        }),
+        health: Arc::new(Sources {
+            cfg: config.clone(),
+            started,
+            link: link_state.clone(),
+            net: net.clone(),
+            stats: stats.clone(),
+            services: Arc::new(supervisor.clone()),
+            heartbeats: Arc::new(heartbeats.clone()),
+            daemons: Arc::new(crate::services::daemons::Daemons(config.clone())),
+        }),
+    };
+
+    // --- threads ---
+    let jobs = Jobs::start(crate::jobs::Context {
+        cfg: config.clone(),
+        outbox: outbox.clone(),
+        shutdown: shutdown.clone(),
+        timings,
+        net: net.clone(),
+        pause: pause.clone(),
+        handlers,
+    })
+    .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
     // A pending self-update's job is answered by selfupdate::on_start, not as interrupted.
-    let pending_update = crate::services::selfupdate::pending_job_id(&agent.cfg().state_dir);
-    jobs.answer_unfinished(&agent, pending_update.as_deref());
-    let (link_thread, out_thread) = link
-        .spawn(&agent, jobs.clone())
+    let pending_update = crate::services::selfupdate::pending_job_id(&state_dir);
+    jobs.answer_unfinished(pending_update.as_deref());
+    let mut link_threads = Threads::new();
+    {
+        let net = net.clone();
+        link.spawn(
+            LinkDeps {
+                cfg: config.clone(),
+                outbox: outbox.clone(),
+                shutdown: shutdown.clone(),
+                state: link_state.clone(),
+                inbound: jobs.clone(),
+                ping_status: Box::new(move || net.get().code),
+            },
+            &mut link_threads,
+        )
         .map_err(|e| Fatal::Other(format!("cannot start the MQTT link: {e}")))?;
-
-    // --- subsystems ---
-    if let Err(e) = crate::stats::collect::spawn(&agent) {
+    }
+    let mut collector = Threads::new();
+    let mut threads = Threads::new();
+    // Records from before this start go out at once; decided before the first collection.
+    let backlog = stats.cache_stats().records > 0;
+    let spawned = collector
+        .spawn(
+            "stats-collect",
+            crate::stats::collect::collector(stats_ctx.clone(), net.clone()),
+        )
+        .and_then(|()| {
+            threads.spawn(
+                "stats-upload",
+                crate::stats::upload::uploader(stats_ctx.clone(), backlog),
+            )
+        });
+    if let Err(e) = spawned {
         log::error!("stats: cannot start the collector/uploader threads: {e}");
     }
-    crate::services::supervisor::spawn(&agent);
-    crate::services::watchdog::spawn(&agent);
-    crate::net::monitor::spawn(&agent)
-        .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
-    crate::services::selfupdate::on_start(&agent, &jobs);
+    if let Err(e) = threads.spawn(
+        "supervisor",
+        crate::services::supervisor::run(supervisor.clone()),
+    ) {
+        log::error!("cannot start the supervisor thread: {e}");
+    }
+    crate::services::watchdog::start(
+        crate::services::watchdog::Watchdog {
+            cfg: config.clone(),
+            outbox: outbox.clone(),
+            shutdown: shutdown.clone(),
+            heartbeats: heartbeats.clone(),
+            supervisor: supervisor.clone(),
+        },
+        &mut threads,
+    );
+    {
+        let (stats, cfg) = (stats.clone(), config.clone());
+        let monitor = Monitor {
+            cfg: config.clone(),
+            outbox: outbox.clone(),
+            shutdown: shutdown.clone(),
+            status: net.clone(),
+            pause,
+            timings,
+            before_reboot: Box::new(move || crate::stats::upload::flush(&stats, &cfg.get())),
+        };
+        threads
+            .spawn("monitor", crate::net::monitor::body(monitor))
+            .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
+    }
+    crate::services::selfupdate::on_start(
+        crate::services::selfupdate::OnStart {
+            cfg: config.clone(),
+            jobs: jobs.clone(),
+            link: link_state.clone(),
+            shutdown: shutdown.clone(),
+            control: control_tx.clone(),
+            started,
+            deadline: timings.update_deadline,
+        },
+        &mut threads,
+    );
+    drop(control_tx);
 
-    let mut why = "signal";
-    let mut restart = false;
-    for sig in signals.forever() {
-        match sig {
-            SIGTERM => {
-                why = "TERM";
+    // --- the main loop: the one config-apply and re-exec path ---
+    let mut why = "signal".to_string();
+    let mut end = End::Stop;
+    for c in control_rx.iter() {
+        match c {
+            Control::Signal(SIGTERM) => {
+                why = "TERM".into();
                 break;
             }
-            SIGINT => {
-                why = "INT";
+            Control::Signal(SIGINT) => {
+                why = "INT".into();
                 break;
             }
-            // HUP reloads; a change only a fresh start can apply ends the loop.
-            SIGHUP if reload(&agent) => {
-                why = "HUP";
-                restart = true;
+            Control::Signal(SIGHUP) => match crate::config::load(config.path()) {
+                Ok((new, notes)) => {
+                    for n in notes {
+                        log::warn!("{n}");
+                    }
+                    if apply(&config, &outbox, new, "HUP") {
+                        why = "HUP".into();
+                        end = reexec_self()?;
+                        break;
+                    }
+                }
+                Err(e) => log::error!("HUP: {e}; keeping the running config"),
+            },
+            Control::Signal(SIGUSR1) => {
+                log::info!("stats: upload requested");
+                stats.trigger();
+            }
+            Control::Signal(_) => {}
+            Control::NewConfig { cfg, from } => {
+                if apply(&config, &outbox, *cfg, from) {
+                    why = from.into();
+                    end = reexec_self()?;
+                    break;
+                }
+            }
+            Control::Reexec {
+                exe,
+                why: w,
+                on_fail,
+            } => {
+                why = w;
+                end = End::Reexec { exe, on_fail };
                 break;
             }
-            SIGUSR1 => crate::stats::upload::upload_now(&agent),
-            _ => {}
         }
     }
 
-    // Clean stop (SPEC §10), within 15 s.
+    // --- clean stop (SPEC §10), within 15 s ---
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs(14);
     log::info!(
@@ -370,27 +468,131 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     let phase = |what: &str| log::debug!("stop: {what} after {} ms", begin.elapsed().as_millis());
     jobs.stop(deadline - Duration::from_secs(3));
     phase("jobs stopped");
-    // --- subsystems stop ---
-    crate::services::supervisor::stop_all_by(&agent, deadline - Duration::from_secs(2));
-    while !agent.outbox.is_empty()
-        && agent.is_connected()
-        && Instant::now() < deadline - Duration::from_secs(2)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    agent.request_stop();
-    agent.outbox.close();
-    for h in [link_thread, out_thread] {
-        while !h.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    crate::stats::collect::wait_stopped(&agent, deadline); // stats: finish the record being written
+    crate::services::supervisor::stop_all_by(&supervisor, deadline - Duration::from_secs(2));
+    phase("services stopped");
+    // Results and events still queued go out while the link is up.
+    outbox.wait_drained(deadline - Duration::from_secs(2), || link_state.get());
+    phase("outbox drained");
+    shutdown.trigger();
+    outbox.close();
+    link_threads.join_all(deadline);
+    // Stats: the collector finishes the record it may be writing, then the cache is synced.
+    collector.join_all(deadline);
+    crate::stats::upload::flush(&stats, &config.get());
+    threads.join_all(deadline);
+    jobs.join(deadline);
+    signal_handle.close();
+    let _ = signal_thread.join();
     phase("threads joined");
     log::info!("stopped in {:.1} s", begin.elapsed().as_secs_f32());
-    if restart {
-        return Err(restart_in_place());
+    match end {
+        End::Stop => Ok(()),
+        End::Reexec { exe, on_fail } => {
+            let err = exec_in_place(&exe);
+            on_fail(&err);
+            Err(Fatal::Other(format!(
+                "cannot re-execute {}: {err}",
+                exe.display()
+            )))
+        }
     }
-    Ok(())
+}
+
+/// A re-exec of the running binary (to apply a config change).
+fn reexec_self() -> Result<End, Fatal> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Fatal::Other(format!("cannot restart: path of the running binary: {e}")))?;
+    Ok(End::Reexec {
+        exe,
+        on_fail: Box::new(|_| {}),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::typed::{all_types, is_typed, run_job};
+    use serde_json::json;
+
+    #[test]
+    fn restart_needed_only_for_what_a_fresh_start_applies() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.monitor = 99;
+        new.debug = !old.debug;
+        assert!(!needs_restart(&old, &new));
+        new.topic = "other".into();
+        assert!(needs_restart(&old, &new));
+        let mut new = old.clone();
+        new.job_workers += 1;
+        assert!(needs_restart(&old, &new));
+    }
+
+    #[test]
+    fn every_listed_type_has_an_arm() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            topic: "t".into(),
+            key: "k".into(),
+            mqtt_host: "h".into(),
+            state_dir: d.path().join("state"),
+            cache_dir: d.path().join("cache"),
+            init_dir: d.path().join("init.d").display().to_string(),
+            ..Config::default()
+        };
+        let shutdown = Shutdown::new();
+        let config = ConfigHandle::new(cfg.clone(), d.path().join("c.json"));
+        let outbox = Outbox::new(1);
+        let stats = Stats::open(&cfg, &shutdown);
+        let net = Watch::new(NetStatus::default(), &shutdown);
+        let heartbeats = Heartbeats::default();
+        let supervisor = Supervisor::new(
+            config.clone(),
+            outbox.clone(),
+            shutdown.clone(),
+            heartbeats.clone(),
+            Duration::from_secs(1),
+        );
+        let (tx, _rx) = mpsc::channel();
+        let h = Handlers {
+            processes: Arc::new(crate::services::procs::Processes::default()),
+            daemons: Arc::new(crate::services::daemons::Daemons(config.clone())),
+            services: Arc::new(supervisor.clone()),
+            agent_update: Arc::new(crate::services::selfupdate::SelfUpdate {
+                cfg: config.clone(),
+                control: tx,
+            }),
+            stats: Arc::new(crate::stats::StatsJob {
+                ctx: StatsCtx {
+                    stats: stats.clone(),
+                    cfg: config.clone(),
+                    mac: "02-00-00-00-00-09".into(),
+                    shutdown: shutdown.clone(),
+                    timings: Timings::default(),
+                },
+                net: net.clone(),
+            }),
+            health: Arc::new(Sources {
+                cfg: config.clone(),
+                started: Instant::now(),
+                link: Watch::new(false, &shutdown),
+                net,
+                stats,
+                services: Arc::new(supervisor),
+                heartbeats: Arc::new(heartbeats),
+                daemons: Arc::new(crate::services::daemons::Daemons(config)),
+            }),
+        };
+        let mut n = 0;
+        for ty in all_types() {
+            assert!(is_typed(ty));
+            // Empty args: every job either answers or names what is missing — never "unknown".
+            if let Err(f) = run_job(&h, "id-1", ty, &json!({})) {
+                assert!(!f.error.starts_with("unknown_type"), "{ty}: {}", f.error);
+            }
+            n += 1;
+        }
+        assert_eq!(n, 24, "the 24 typed jobs of SPEC §4.4");
+        assert!(!is_typed("process.explode") && !is_typed("cmd"));
+    }
 }

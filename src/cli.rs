@@ -3,7 +3,7 @@
 //! `--help` and `--version` return before any file is read.
 #![forbid(unsafe_code)]
 
-use std::fmt;
+pub use crate::error::Fatal;
 use std::path::PathBuf;
 
 /// What the command line asks for.
@@ -21,35 +21,6 @@ pub enum Command {
     },
     Help,
     Version,
-}
-
-/// A fatal error and its exit code.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fatal {
-    /// Bad command line (exit 2).
-    Usage(String),
-    /// Bad or missing config (exit 2).
-    Config(String),
-    /// Anything else (exit 1).
-    Other(String),
-}
-
-impl Fatal {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Fatal::Usage(_) | Fatal::Config(_) => 2,
-            Fatal::Other(_) => 1,
-        }
-    }
-}
-
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Fatal::Usage(m) => write!(f, "{m}\nTry 'socketman --help'."),
-            Fatal::Config(m) | Fatal::Other(m) => write!(f, "{m}"),
-        }
-    }
 }
 
 fn options() -> getopts::Options {

@@ -7,14 +7,51 @@
 //! `daemons` is filled only when `daemons` is configured (one init script call per daemon is
 //! cheap for a short allow-list, too slow for a whole `init_dir`).
 //!
-//! Threads: runs in the job worker that calls it.
+//! Threads: runs in the job worker that calls it. It reads snapshots only, through the
+//! [`Sources`] the agent plugs in: the views below (implemented by the supervisor, the
+//! heartbeat table and the daemon manager), the link and connectivity watches and the stats
+//! handle.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
+use crate::config::Config;
+use crate::net::NetStatus;
+use crate::runtime::{ConfigHandle, Watch};
+use crate::stats::upload::Stats;
 use serde_json::{json, Map, Value};
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// socketman's own services, as healthz and `service.list` show them.
+pub trait ServicesView: Send + Sync {
+    fn service_entries(&self) -> Vec<Value>;
+}
+
+/// The watchdog's heartbeat table.
+pub trait HeartbeatsView: Send + Sync {
+    fn heartbeat_entries(&self) -> Vec<Value>;
+    /// (datagrams accepted, malformed datagrams dropped).
+    fn counters(&self) -> (usize, usize);
+}
+
+/// The system's daemons (`daemon.list`).
+pub trait DaemonsView: Send + Sync {
+    fn daemon_entries(&self, cfg: &Config) -> Result<Vec<Value>, String>;
+}
+
+/// What the healthz document is made of.
+#[derive(Clone)]
+pub struct Sources {
+    pub cfg: ConfigHandle,
+    /// When this process started.
+    pub started: Instant,
+    pub link: Watch<bool>,
+    pub net: Watch<NetStatus>,
+    pub stats: Arc<Stats>,
+    pub services: Arc<dyn ServicesView>,
+    pub heartbeats: Arc<dyn HeartbeatsView>,
+    pub daemons: Arc<dyn DaemonsView>,
+}
 
 /// Wireless client state from `iw dev` output: `None` without a managed (station) interface;
 /// else connected when one has an `ssid` line, with that ESSID.
@@ -68,33 +105,33 @@ fn wifi_status() -> Option<Value> {
 }
 
 /// The healthz document.
-pub fn healthz(agent: &Agent) -> Value {
-    let cfg = agent.cfg();
+pub fn healthz(src: &Sources) -> Value {
+    let cfg = src.cfg.get();
     let mut data = Map::new();
-    data.insert(
-        "services".into(),
-        json!(crate::services::supervisor::entries(agent)),
-    );
+    data.insert("services".into(), json!(src.services.service_entries()));
     if cfg.daemons.is_some() {
-        match crate::services::daemons::list(&cfg) {
+        match src.daemons.daemon_entries(&cfg) {
             Ok(v) => {
-                data.insert("daemons".into(), v["daemons"].clone());
+                data.insert("daemons".into(), json!(v));
             }
             Err(e) => log::warn!("healthz: daemons left out: {e}"),
         }
     }
-    data.insert("heartbeats".into(), json!(agent.control.watchdog.entries()));
+    data.insert(
+        "heartbeats".into(),
+        json!(src.heartbeats.heartbeat_entries()),
+    );
 
     let mut meta = Map::new();
     meta.insert(
         "agent".into(),
-        json!({"version": crate::VERSION, "uptime": agent.uptime()}),
+        json!({"version": crate::VERSION, "uptime": src.started.elapsed().as_secs()}),
     );
     meta.insert(
         "mqtt_status".into(),
-        json!({"is_connected": agent.is_connected()}),
+        json!({"is_connected": src.link.get()}),
     );
-    let net = agent.net.lock().map(|n| n.clone()).unwrap_or_default();
+    let net = src.net.get();
     meta.insert(
         "network".into(),
         json!({
@@ -107,19 +144,18 @@ pub fn healthz(agent: &Agent) -> Value {
     if let Some(w) = wifi_status() {
         meta.insert("wifi_status".into(), w);
     }
-    if let Some(stats) = agent.stats.get() {
-        let c = stats.cache_stats();
-        meta.insert(
-            "cache".into(),
-            json!({"records": c.records, "bytes": c.bytes, "dropped": c.dropped}),
-        );
-    }
+    let c = src.stats.cache_stats();
+    meta.insert(
+        "cache".into(),
+        json!({"records": c.records, "bytes": c.bytes, "dropped": c.dropped}),
+    );
+    let (beats, malformed) = src.heartbeats.counters();
     meta.insert(
         "watchdog".into(),
         json!({
             "port": (cfg.watchdog_port != 0).then_some(cfg.watchdog_port),
-            "beats": agent.control.watchdog.beats.load(Ordering::Relaxed),
-            "malformed": agent.control.watchdog.malformed.load(Ordering::Relaxed),
+            "beats": beats,
+            "malformed": malformed,
         }),
     );
     json!({"data": data, "meta": meta})
@@ -224,15 +260,13 @@ pub fn usage() -> Result<Value, String> {
     }))
 }
 
-/// Job types of this module.
-pub const TYPES: &[&str] = &["healthz", "usage"];
+impl crate::jobs::typed::Health for Sources {
+    fn healthz(&self) -> Value {
+        healthz(self)
+    }
 
-/// Runs `healthz` or `usage`.
-pub fn run(agent: &Agent, ty: &str) -> Result<Value, String> {
-    match ty {
-        "healthz" => Ok(healthz(agent)),
-        "usage" => usage(),
-        other => Err(format!("unknown_type: {other}")),
+    fn usage(&self) -> Result<Value, String> {
+        usage()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod healthz;
 pub mod http;
 pub mod jobs;
@@ -16,6 +17,7 @@ pub mod net;
 pub mod platform;
 pub mod proto;
 pub mod provision;
+pub mod runtime;
 pub mod services;
 pub mod stats;
 

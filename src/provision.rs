@@ -4,20 +4,18 @@
 //! other thread exists: it asks the provisioning server for a config until it gets a valid
 //! one, writes it atomically (mode 0600) to the `--config` path and returns it.
 //! [`reprovision`] is the same request made once from the uploader thread when the stats API
-//! answers 401; a valid answer is written and applied like a HUP (`agent.set_config`).
-//! [`boot`] performs the `boot_url` GET and runs `boot_cmd`, in the main thread, before the
-//! other threads start. Shares nothing but the config file and `Agent`.
-//!
-//! Test-only environment variable (never set it on a device): `SOCKETMAN_TEST_PROVISION_RETRY_MS`,
-//! the retry period in milliseconds instead of 15 s.
+//! answers 401; a valid answer is written and returned, and the caller hands it to the
+//! agent's main loop, which applies it exactly like a HUP (one config-apply path: a new
+//! `mqtt_host`, `topic` or `key` re-executes the agent). [`boot`] performs the `boot_url` GET
+//! and runs `boot_cmd`, in the main thread, before the other threads start. Shares nothing
+//! but the config file. The retry period comes from [`crate::runtime::Timings`].
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
 use crate::config::{self, Config};
+use crate::runtime::Shutdown;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Retry period of SPEC §7 (jittered by up to a quarter more).
 pub const RETRY: Duration = Duration::from_secs(15);
@@ -43,15 +41,6 @@ impl fmt::Display for ProvisionError {
 }
 
 impl std::error::Error for ProvisionError {}
-
-/// The retry period: 15 s, or `SOCKETMAN_TEST_PROVISION_RETRY_MS` (test-only).
-fn retry_period() -> Duration {
-    std::env::var("SOCKETMAN_TEST_PROVISION_RETRY_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|ms| Duration::from_millis(ms.max(10)))
-        .unwrap_or(RETRY)
-}
 
 /// `period` plus a random quarter of it at most, so a fleet does not retry in step.
 fn jittered(period: Duration) -> Duration {
@@ -104,20 +93,19 @@ fn save(config_path: &Path, body: &str) -> Result<(), ProvisionError> {
 /// Asks `init_url` for a config until a valid one arrives (SPEC §7.1); writes it to
 /// `config_path` (atomically, 0600) and returns it. Anything else — a connection error,
 /// another status, a body that is not a valid config (not saved) — is retried every 15 s
-/// with jitter. `stop` is polled while waiting; when it says true, `Err(Stopped)`.
+/// with jitter (`retry`: 15 s). The stop token ends the wait: `Err(Stopped)`.
 pub fn provision(
     init_url: &str,
     config_path: &Path,
-    mac: &str,
-    machine: &str,
-    firmware: &str,
-    stop: impl Fn() -> bool,
+    (mac, machine, firmware): (&str, &str, &str),
+    retry: Duration,
+    stop: &Shutdown,
 ) -> Result<Config, ProvisionError> {
     provision_every(
         init_url,
         config_path,
         (mac, machine, firmware),
-        retry_period(),
+        retry.max(Duration::from_millis(10)),
         stop,
     )
 }
@@ -128,7 +116,7 @@ fn provision_every(
     config_path: &Path,
     (mac, machine, firmware): (&str, &str, &str),
     period: Duration,
-    stop: impl Fn() -> bool,
+    stop: &Shutdown,
 ) -> Result<Config, ProvisionError> {
     let http = crate::http::agent(&Config::default(), crate::http::API_TIMEOUT);
     let url = request_url(init_url, mac, machine, firmware);
@@ -154,74 +142,67 @@ fn provision_every(
                     "provisioning failed: {e}; retrying in {} ms",
                     wait.as_millis()
                 );
-                let until = Instant::now() + wait;
-                while Instant::now() < until {
-                    if stop() {
-                        return Err(ProvisionError::Stopped);
-                    }
-                    std::thread::sleep(
-                        until
-                            .saturating_duration_since(Instant::now())
-                            .min(Duration::from_millis(100)),
-                    );
+                if stop.wait_timeout(wait) {
+                    return Err(ProvisionError::Stopped);
                 }
             }
         }
-        if stop() {
+        if stop.is_set() {
             return Err(ProvisionError::Stopped);
         }
     }
 }
 
 /// Re-provisioning after a stats 401 when `-b` was given: one request; a valid config is
-/// written to the `--config` path and applied like a HUP. Returns whether it was applied;
-/// failures are logged and the caller tries again at its next 401.
-pub fn reprovision(agent: &Arc<Agent>) -> bool {
-    let Some(init_url) = agent.init_url.as_deref() else {
-        return false;
-    };
+/// written to `config_path` and returned for the caller to apply (the agent's one
+/// config-apply path). `None`: failed (logged); the caller tries again at its next 401.
+pub fn reprovision(
+    init_url: &str,
+    config_path: &Path,
+    mac: &str,
+    current: &Config,
+    http_timeout: Duration,
+) -> Option<Config> {
     let root = Path::new("/");
     let url = request_url(
         init_url,
-        &agent.mac,
+        mac,
         &crate::platform::identity::machine_type(root),
         &crate::platform::identity::firmware(root),
     );
-    let http = crate::http::agent(&agent.cfg(), crate::http::API_TIMEOUT);
-    match fetch(&http, &url, &agent.config_path) {
+    let http = crate::http::agent(current, http_timeout);
+    match fetch(&http, &url, config_path) {
         Ok((cfg, body)) => {
-            if let Err(e) = save(&agent.config_path, &body) {
+            if let Err(e) = save(config_path, &body) {
                 log::error!("re-provisioning: {e}");
-                return false;
+                return None;
             }
             log::info!(
-                "re-provisioning: new config written to {} and applied",
-                agent.config_path.display()
+                "re-provisioning: new config written to {}",
+                config_path.display()
             );
-            agent.set_config(cfg);
-            true
+            Some(cfg)
         }
         Err(e) => {
             log::warn!("re-provisioning failed: {e}");
-            false
+            None
         }
     }
 }
 
 /// Start-up steps 2 and 3 of SPEC §7: `boot_url` GET (result logged, failures ignored) and
 /// `boot_cmd` with the job timeout. Runs before the other threads start.
-pub fn boot(agent: &Arc<Agent>) {
-    let cfg = agent.cfg();
+pub fn boot(cfg: &Config, mac: &str) {
     if let Some(boot_url) = cfg.boot_url.as_deref().filter(|u| !u.is_empty()) {
         let url = crate::http::with_query(
             boot_url,
             &[
                 ("access_token", cfg.token.as_deref().unwrap_or("")),
-                ("mac", &agent.mac),
+                ("mac", mac),
             ],
         );
         let shown = crate::http::redact(&url);
-        let http = crate::http::agent(&cfg, crate::http::API_TIMEOUT);
+        let http = crate::http::agent(cfg, crate::http::API_TIMEOUT);
         match http.get(&url).call() {
             Ok(r) => log::info!("boot_url {shown}: HTTP {}", r.status()),
             Err(ureq::Error::Status(code, _)) => {
@@ -251,8 +232,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     /// A tiny HTTP/1.1 server answering the scripted (status, body) in order, then the last
     /// one forever; records the request lines.
@@ -307,7 +287,7 @@ mod tests {
             &path,
             ("AA-BB-CC-DD-EE-FF", "Pi 4 B/x", "23.05"),
             MS20,
-            || false,
+            &Shutdown::new(),
         )
         .unwrap();
         assert_eq!(cfg.topic, "t");
@@ -329,13 +309,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("config.json");
         std::fs::write(&path, "old invalid").unwrap();
-        let stop = AtomicBool::new(false);
-        let r = provision_every(&url, &path, ("m", "x", "y"), MS20, || {
-            if seen.lock().unwrap().len() >= 3 {
-                stop.store(true, Ordering::SeqCst);
+        let stop = Shutdown::new();
+        let (s2, seen2) = (stop.clone(), seen.clone());
+        let watcher = std::thread::spawn(move || {
+            while seen2.lock().unwrap().len() < 3 {
+                std::thread::sleep(Duration::from_millis(5));
             }
-            stop.load(Ordering::SeqCst)
+            s2.trigger();
         });
+        let r = provision_every(&url, &path, ("m", "x", "y"), MS20, &stop);
+        watcher.join().unwrap();
         assert!(matches!(r, Err(ProvisionError::Stopped)), "{r:?}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old invalid");
     }
@@ -348,17 +331,20 @@ mod tests {
             .unwrap()
             .port();
         let d = tempfile::tempdir().unwrap();
-        let n = std::cell::Cell::new(0);
+        let stop = Shutdown::new();
+        let s2 = stop.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            s2.trigger();
+        });
         let r = provision_every(
             &format!("http://127.0.0.1:{port}/"),
             &d.path().join("c.json"),
             ("m", "x", "y"),
             MS20,
-            || {
-                n.set(n.get() + 1);
-                n.get() > 3
-            },
+            &stop,
         );
+        t.join().unwrap();
         assert!(matches!(r, Err(ProvisionError::Stopped)));
         assert!(!d.path().join("c.json").exists());
     }
@@ -371,22 +357,17 @@ mod tests {
         let path = d.path().join("config.json");
         std::fs::write(&path, VALID).unwrap();
         let (cfg, _) = config::parse(VALID, "x").unwrap();
-        let agent = Agent::new(cfg, path.clone(), Some(url), "AA-BB-CC-DD-EE-FF".into());
+        let again = || reprovision(&url, &path, "AA-BB-CC-DD-EE-FF", &cfg, MS20 * 50);
         assert!(
-            !reprovision(&agent),
+            again().is_none(),
             "a 401 from the init server changes nothing"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), VALID);
-        assert_eq!(agent.cfg().topic, "t");
-        assert!(reprovision(&agent));
+        let got = again().expect("the new config");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
-        assert_eq!(agent.cfg().topic, "t2");
-        assert_eq!(agent.cfg().monitor, 30);
+        assert_eq!(got.topic, "t2");
+        assert_eq!(got.monitor, 30);
         assert!(seen.lock().unwrap()[1].contains("mac=AA-BB-CC-DD-EE-FF&machine="));
-        // Without -b there is nothing to ask.
-        let (cfg, _) = config::parse(VALID, "x").unwrap();
-        let agent = Agent::new(cfg, path, None, "m".into());
-        assert!(!reprovision(&agent));
     }
 
     #[test]

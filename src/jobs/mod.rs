@@ -3,7 +3,10 @@
 //! job and send exactly one PROCESSED (on `pub/…`, or by REST), and the clean stop.
 //!
 //! Shared state: the seen-id store (`Mutex`), a gate (`RwLock`) that lets `network` jobs run
-//! alone, and the process groups of running shell jobs (to kill them on stop).
+//! alone, and the process groups of running shell jobs (to kill them on stop). The workers
+//! get a [`Context`] of narrow handles: config, outbox, stop token, timings, the connectivity
+//! watch (for `network` jobs) and the typed-job [`typed::Handlers`]. The link hands
+//! messages in through [`crate::link::Inbound`]; nothing here names the agent.
 
 pub mod intake;
 pub mod network;
@@ -12,23 +15,40 @@ pub mod seen;
 pub mod shell;
 pub mod typed;
 
-use crate::agent::Agent;
+use crate::link::outbox::Outbox;
+use crate::net::{NetStatus, RecoveryPause};
 use crate::proto::{now, Topic};
+use crate::runtime::{lock, ConfigHandle, Shutdown, Timings, Watch};
 use intake::{Job, Kind};
 use seen::{Seen, SeenStore};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Running jobs get this long on a clean stop before they are killed (SPEC §10).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// What the job workers are given.
+#[derive(Clone)]
+pub struct Context {
+    pub cfg: ConfigHandle,
+    pub outbox: Outbox,
+    pub shutdown: Shutdown,
+    pub timings: Timings,
+    /// Written by `network` jobs' checks too.
+    pub net: Watch<NetStatus>,
+    pub pause: RecoveryPause,
+    pub handlers: typed::Handlers,
+}
+
 /// The job machinery shared by the link thread and the workers.
 pub struct Jobs {
+    ctx: Context,
+    /// Notified whenever `queued` or `active` drops (the clean stop waits on it).
+    idle: (Mutex<()>, Condvar),
     tx: Mutex<Option<Sender<Job>>>,
     rx: Mutex<Receiver<Job>>,
     queued: AtomicUsize,
@@ -38,23 +58,18 @@ pub struct Jobs {
     gate: RwLock<()>,
     running: Mutex<HashMap<String, i32>>,
     rest_wake: Mutex<Option<Sender<()>>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+    threads: Mutex<crate::runtime::Threads>,
 }
 
 impl Jobs {
     /// Opens the seen-id store in `state_dir` and starts `job_workers` workers (and the REST
     /// notifier when `rest` is on).
-    pub fn start(agent: &Arc<Agent>) -> std::io::Result<Arc<Jobs>> {
-        let cfg = agent.cfg();
+    pub fn start(ctx: Context) -> std::io::Result<Arc<Jobs>> {
+        let cfg = ctx.cfg.get();
         let (tx, rx) = mpsc::channel();
         let jobs = Arc::new(Jobs {
+            ctx: ctx.clone(),
+            idle: (Mutex::new(()), Condvar::new()),
             tx: Mutex::new(Some(tx)),
             rx: Mutex::new(rx),
             queued: AtomicUsize::new(0),
@@ -64,27 +79,37 @@ impl Jobs {
             gate: RwLock::new(()),
             running: Mutex::new(HashMap::new()),
             rest_wake: Mutex::new(None),
-            workers: Mutex::new(Vec::new()),
+            threads: Mutex::new(crate::runtime::Threads::new()),
         });
         let (wake_tx, wake_rx) = mpsc::channel();
+        // The stop wakes the notifier too (it then finishes what is queued and ends).
+        let stop_wake = wake_tx.clone();
+        ctx.shutdown.on_trigger(move || {
+            let _ = stop_wake.send(());
+        });
         *lock(&jobs.rest_wake) = Some(wake_tx);
-        rest::spawn(agent, wake_rx)?;
-        let mut handles = Vec::new();
+        let mut threads = lock(&jobs.threads);
+        threads.spawn(
+            "rest-notify",
+            rest::notifier(
+                ctx.cfg.clone(),
+                ctx.shutdown.clone(),
+                ctx.timings.http_timeout,
+                wake_rx,
+            ),
+        )?;
         for i in 0..cfg.job_workers {
-            let (a, j) = (agent.clone(), jobs.clone());
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("job-worker-{i}"))
-                    .spawn(move || j.worker(&a))?,
-            );
+            let j = jobs.clone();
+            threads.spawn(&format!("job-worker-{i}"), move || j.worker())?;
         }
-        *lock(&jobs.workers) = handles;
+        drop(threads);
         Ok(jobs)
     }
 
     /// Handles one message from `sub/…`.
-    pub fn on_message(&self, agent: &Agent, payload: &[u8]) {
-        let cfg = agent.cfg();
+    pub fn on_message(&self, payload: &[u8]) {
+        let ctx = &self.ctx;
+        let cfg = ctx.cfg.get();
         let job = match intake::parse(payload, &cfg, now()) {
             Ok(j) => j,
             Err(r) => {
@@ -93,25 +118,25 @@ impl Jobs {
                     r.id.as_deref().unwrap_or("(no id)"),
                     r.message()
                 );
-                publish_rejected(agent, r.id.as_deref(), &r.message());
+                publish_rejected(&ctx.outbox, r.id.as_deref(), &r.message());
                 return;
             }
         };
         if !self.accepting.load(Ordering::SeqCst) {
-            publish_rejected(agent, Some(&job.id), "busy: socketman is stopping");
+            publish_rejected(&ctx.outbox, Some(&job.id), "busy: socketman is stopping");
             return;
         }
         let seen = lock(&self.seen).check(&job.id);
         if let Seen::Duplicate(stored) = seen {
             log::info!("job {}: duplicate id, not run again", job.id);
-            agent.outbox.publish(
+            ctx.outbox.publish(
                 Topic::Delivery,
                 &json!({"id": job.id, "app": "socketman", "timestamp": now(), "event_type": "DELIVERED", "meta": {"delivered": true, "duplicate": true}}),
                 1,
                 false,
             );
             if let Some(p) = stored {
-                self.send_result(agent, &job.id, &p, false);
+                self.send_result(&job.id, &p, false);
             }
             return;
         }
@@ -122,14 +147,14 @@ impl Jobs {
                 cfg.job_queue
             );
             publish_rejected(
-                agent,
+                &ctx.outbox,
                 Some(&job.id),
                 &format!("busy: {} jobs already waiting", cfg.job_queue),
             );
             return;
         }
         lock(&self.seen).insert(&job.id);
-        agent.outbox.publish(
+        ctx.outbox.publish(
             Topic::Delivery,
             &json!({"id": job.id, "app": "socketman", "timestamp": now(), "event_type": "DELIVERED", "meta": {"delivered": true}}),
             1,
@@ -145,23 +170,22 @@ impl Jobs {
         if !sent {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             let p = processed_error(&id, "cmd", "cancelled: socketman is stopping");
-            self.finish(agent, &id, &p);
+            self.finish(&id, &p);
         }
     }
 
-    fn worker(&self, agent: &Arc<Agent>) {
+    /// Wakes [`Jobs::stop`] after `queued` or `active` dropped.
+    fn notify_idle(&self) {
+        let _g = lock(&self.idle.0);
+        self.idle.1.notify_all();
+    }
+
+    fn worker(&self) {
+        let ctx = &self.ctx;
         loop {
-            let next = lock(&self.rx).recv_timeout(Duration::from_secs(5));
-            let job = match next {
-                Ok(j) => j,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if lock(&self.tx).is_none() {
-                        return;
-                    }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            };
+            // Blocks until a job arrives or the sender is dropped at stop.
+            let next = lock(&self.rx).recv();
+            let Ok(job) = next else { return };
             self.queued.fetch_sub(1, Ordering::SeqCst);
             if !self.accepting.load(Ordering::SeqCst) {
                 let p = processed_error(
@@ -169,7 +193,8 @@ impl Jobs {
                     &job.ty,
                     "cancelled: socketman is stopping before the job started",
                 );
-                self.finish(agent, &job.id, &p);
+                self.finish(&job.id, &p);
+                self.notify_idle();
                 continue;
             }
             self.active.fetch_add(1, Ordering::SeqCst);
@@ -178,22 +203,25 @@ impl Jobs {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
                 };
-                self.execute(agent, &job)
+                self.execute(ctx, &job)
             } else {
                 let _shared = match self.gate.read() {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
                 };
-                self.execute(agent, &job)
+                self.execute(ctx, &job)
             };
-            self.finish(agent, &job.id, &processed);
+            if let Some(processed) = processed {
+                self.finish(&job.id, &processed);
+            }
             self.active.fetch_sub(1, Ordering::SeqCst);
+            self.notify_idle();
         }
     }
 
-    /// Runs a job and builds its PROCESSED message.
-    fn execute(&self, agent: &Arc<Agent>, job: &Job) -> Value {
-        let cfg = agent.cfg();
+    /// Runs a job and builds its PROCESSED message (`None`: answered by the next process).
+    fn execute(&self, ctx: &Context, job: &Job) -> Option<Value> {
+        let cfg = ctx.cfg.get();
         let started = Instant::now();
         log::info!("job {} ({}) running", job.id, job.ty);
         let meta = match job.kind() {
@@ -212,7 +240,7 @@ impl Jobs {
                 };
                 // Network jobs: backup, re-check and rollback around the command (SPEC §4.4).
                 let (out, network_result) = if job.kind() == Kind::Network {
-                    let (out, result) = network::run_guarded(agent, run);
+                    let (out, result) = network::run_guarded(ctx, run);
                     (out, Some(result))
                 } else {
                     (run(), None)
@@ -242,8 +270,12 @@ impl Jobs {
                 }
                 m
             }
-            Kind::Typed => match typed::run_job(agent, &job.id, &job.ty, &job.args) {
-                Ok(result) => {
+            Kind::Typed => match typed::run_job(&ctx.handlers, &job.id, &job.ty, &job.args) {
+                Ok(typed::Done::AnsweredLater) => {
+                    log::info!("job {} ({}): answered by the next process", job.id, job.ty);
+                    return None;
+                }
+                Ok(typed::Done::Result(result)) => {
                     let (msg, truncated) = cut(&result.to_string(), cfg.job_output_max);
                     json!({"msg": msg, "type": job.ty, "success": true, "exit_code": 0,
                            "duration_ms": started.elapsed().as_millis() as u64, "truncated": truncated, "result": result})
@@ -267,35 +299,38 @@ impl Jobs {
             meta["exit_code"],
             meta["duration_ms"]
         );
-        json!({"id": job.id, "timestamp": now(), "app": "socketman", "event_type": "PROCESSED", "meta": meta})
+        Some(
+            json!({"id": job.id, "timestamp": now(), "app": "socketman", "event_type": "PROCESSED", "meta": meta}),
+        )
     }
 
     /// Stores and sends the one PROCESSED of a job.
-    pub fn finish(&self, agent: &Agent, id: &str, processed: &Value) {
+    pub fn finish(&self, id: &str, processed: &Value) {
         lock(&self.seen).set_result(id, processed);
-        self.send_result(agent, id, processed, true);
+        self.send_result(id, processed, true);
     }
 
-    fn send_result(&self, agent: &Agent, id: &str, processed: &Value, log_errors: bool) {
-        let cfg = agent.cfg();
+    fn send_result(&self, id: &str, processed: &Value, log_errors: bool) {
+        let ctx = &self.ctx;
+        let cfg = ctx.cfg.get();
         if cfg.rest && cfg.api_url.is_some() {
             if let Err(e) = rest::enqueue(&cfg.state_dir, id, processed) {
                 if log_errors {
                     log::error!("job {id}: cannot queue the REST notification ({e}); sending on MQTT instead");
                 }
-                agent.outbox.publish(Topic::Pub, processed, 1, false);
+                ctx.outbox.publish(Topic::Pub, processed, 1, false);
                 return;
             }
             if let Some(w) = lock(&self.rest_wake).as_ref() {
                 let _ = w.send(());
             }
         } else {
-            agent.outbox.publish(Topic::Pub, processed, 1, false);
+            ctx.outbox.publish(Topic::Pub, processed, 1, false);
         }
     }
 
     /// Answers jobs that were accepted before a restart and never finished, once.
-    pub fn answer_unfinished(&self, agent: &Agent, except: Option<&str>) {
+    pub fn answer_unfinished(&self, except: Option<&str>) {
         let ids = lock(&self.seen).unfinished();
         for id in ids.into_iter().filter(|i| Some(i.as_str()) != except) {
             log::warn!(
@@ -306,7 +341,7 @@ impl Jobs {
                 "unknown",
                 "interrupted: socketman stopped while the job ran",
             );
-            self.finish(agent, &id, &p);
+            self.finish(&id, &p);
         }
     }
 
@@ -320,11 +355,20 @@ impl Jobs {
     pub fn stop(&self, deadline: Instant) {
         self.accepting.store(false, Ordering::SeqCst);
         let grace_end = (Instant::now() + STOP_GRACE).min(deadline);
-        while Instant::now() < grace_end
-            && (self.active.load(Ordering::SeqCst) > 0 || self.queued.load(Ordering::SeqCst) > 0)
-        {
-            std::thread::sleep(Duration::from_millis(50));
+        let busy =
+            || self.active.load(Ordering::SeqCst) > 0 || self.queued.load(Ordering::SeqCst) > 0;
+        let mut g = lock(&self.idle.0);
+        while busy() {
+            let now = Instant::now();
+            if now >= grace_end {
+                break;
+            }
+            g = match self.idle.1.wait_timeout(g, grace_end - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
+        drop(g);
         let groups: Vec<(String, i32)> = lock(&self.running)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
@@ -334,15 +378,28 @@ impl Jobs {
             let _ = crate::platform::sys::kill_group(pgid, libc::SIGKILL);
         }
         *lock(&self.tx) = None;
-        let handles: Vec<JoinHandle<()>> = lock(&self.workers).drain(..).collect();
-        for h in handles {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+        // Killed and queued jobs are answered by their workers: wait for those answers.
+        let mut g = lock(&self.idle.0);
+        while busy() {
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!("stop: jobs still unanswered at the stop deadline");
+                break;
             }
-            if h.is_finished() {
-                let _ = h.join();
-            }
+            g = match self.idle.1.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
+        drop(g);
+        *lock(&self.rest_wake) = None;
+    }
+
+    /// Joins the workers and the REST notifier (after [`Jobs::stop`] and the stop token),
+    /// waiting at most until `deadline`.
+    pub fn join(&self, deadline: Instant) {
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        threads.join_all(deadline);
     }
 
     /// Jobs waiting and running (healthz).
@@ -373,13 +430,19 @@ pub fn processed_error(id: &str, ty: &str, error: &str) -> Value {
 }
 
 /// Publishes a REJECTED on `pub/…`.
-pub fn publish_rejected(agent: &Agent, id: Option<&str>, error: &str) {
-    agent.outbox.publish(
+pub fn publish_rejected(outbox: &Outbox, id: Option<&str>, error: &str) {
+    outbox.publish(
         Topic::Pub,
         &json!({"id": id, "timestamp": now(), "app": "socketman", "event_type": "REJECTED", "meta": {"error": error}}),
         1,
         false,
     );
+}
+
+impl crate::link::Inbound for Jobs {
+    fn on_job(&self, payload: &[u8]) {
+        self.on_message(payload);
+    }
 }
 
 #[cfg(test)]

@@ -5,21 +5,17 @@
 //! after, the copies are restored byte for byte (atomically, with their modes),
 //! `network_restart_cmd` runs and connectivity is checked again.
 //!
-//! Runs in a job worker thread; the worker makes such jobs run alone. While one runs,
-//! `agent.monitor.network_job` is set so the monitor thread pauses its recovery timers
-//! (the job is changing the network on purpose and handles its own rollback).
-//!
-//! Test-only environment variable (never set it on a device): `SOCKETMAN_TEST_NETWORK_RECHECK_MS`,
-//! the re-check window in milliseconds instead of 60 s.
+//! Runs in a job worker thread; the worker makes such jobs run alone. While one runs, the
+//! [`crate::net::RecoveryPause`] is set so the monitor thread pauses its recovery timers
+//! (the job is changing the network on purpose and handles its own rollback). The re-check
+//! window comes from [`crate::runtime::Timings`] (60 s; test builds shorten it).
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
+use super::Context;
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Re-check window after the command (SPEC §4.4).
@@ -40,16 +36,6 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// 60 s window (or `SOCKETMAN_TEST_NETWORK_RECHECK_MS`), settle ≤ 5 s, interval ≤ 3 s.
-    pub fn from_env() -> Self {
-        let window = std::env::var("SOCKETMAN_TEST_NETWORK_RECHECK_MS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(RECHECK_WINDOW);
-        Timing::for_window(window)
-    }
-
     /// The settle and interval that go with `window`.
     pub fn for_window(window: Duration) -> Self {
         Timing {
@@ -215,28 +201,25 @@ pub fn guarded<T>(
     (out, result)
 }
 
-/// Clears `agent.monitor.network_job` when dropped (also on panic).
-struct Pause<'a>(&'a Agent);
+/// Clears the recovery pause when dropped.
+struct Pause<'a>(&'a crate::net::RecoveryPause);
 
 impl Drop for Pause<'_> {
     fn drop(&mut self) {
-        self.0.monitor.network_job.store(false, Ordering::SeqCst);
+        self.0.set(false);
     }
 }
 
-/// [`guarded`] for a live agent: checks with `monitor::check` (also updating `agent.net`),
+/// [`guarded`] for a live agent: checks with `monitor::check` (also publishing the status),
 /// restarts with `network_restart_cmd`, and pauses the monitor's recovery meanwhile.
-pub fn run_guarded<T>(agent: &Arc<Agent>, run: impl FnOnce() -> T) -> (T, Value) {
-    let cfg = agent.cfg();
-    agent.monitor.network_job.store(true, Ordering::SeqCst);
-    let _pause = Pause(agent);
+pub fn run_guarded<T>(ctx: &Context, run: impl FnOnce() -> T) -> (T, Value) {
+    let cfg = ctx.cfg.get();
+    ctx.pause.set(true);
+    let _pause = Pause(&ctx.pause);
     let online = || {
         let st = crate::net::monitor::check(&cfg);
         let code = st.code.unwrap_or(0);
-        match agent.net.lock() {
-            Ok(mut n) => *n = st,
-            Err(p) => *p.into_inner() = st,
-        }
+        ctx.net.set(st);
         log::debug!("network job: connectivity CODE {code}");
         !crate::net::recovery::is_offline(code)
     };
@@ -255,23 +238,23 @@ pub fn run_guarded<T>(agent: &Arc<Agent>, run: impl FnOnce() -> T) -> (T, Value)
     guarded(
         &cfg.network_backup_files,
         &cfg.state_dir.join(BACKUP_DIR),
-        Timing::from_env(),
+        Timing::for_window(ctx.timings.network_recheck),
         online,
         run,
         restart,
-        |d| agent.wait_stop(d),
+        |d| ctx.shutdown.wait_timeout(d),
     )
 }
 
 /// A `network` job: `cmd` as a shell job (`jobs::shell::run_shell`) inside [`run_guarded`].
 /// Returns the shell outcome and the job's `result` object.
 pub fn run_network_job(
-    agent: &Arc<Agent>,
+    ctx: &Context,
     cmd: &str,
     timeout: Duration,
     output_max: usize,
 ) -> (crate::jobs::shell::ShellOutcome, Value) {
-    run_guarded(agent, || {
+    run_guarded(ctx, || {
         crate::jobs::shell::run_shell(cmd, timeout, output_max)
     })
 }

@@ -5,11 +5,11 @@
 //! 2xx (done) or 4xx (refused for good, logged), then deletes the file.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
 use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::runtime::Shutdown;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Directory of pending notifications.
@@ -97,8 +97,7 @@ fn send(
 }
 
 /// Sends every pending notification once, oldest first. Returns false if one must be retried.
-pub fn flush(agent: &Agent) -> bool {
-    let cfg = agent.cfg();
+pub fn flush(cfg: &Config, http_timeout: Duration) -> bool {
     let Some(api_url) = cfg.api_url.clone() else {
         return true;
     };
@@ -111,7 +110,7 @@ pub fn flush(agent: &Agent) -> bool {
         Err(_) => return true,
     };
     files.sort();
-    let http = crate::http::agent(&cfg, crate::http::API_TIMEOUT);
+    let http = crate::http::agent(cfg, http_timeout);
     for f in files {
         let doc = match crate::platform::fs::read_json(&f) {
             Ok(Some(d)) => d,
@@ -144,35 +143,32 @@ pub fn flush(agent: &Agent) -> bool {
     true
 }
 
-/// The `rest-notify` thread: flushes when woken and retries with back-off 1 s … 5 min.
-pub fn spawn(
-    agent: &Arc<Agent>,
+/// The body of the `rest-notify` thread: flushes when woken (a result was queued, or the
+/// stop) and retries with back-off 1 s … 5 min.
+pub fn notifier(
+    cfg: crate::runtime::ConfigHandle,
+    shutdown: Shutdown,
+    http_timeout: Duration,
     wake: std::sync::mpsc::Receiver<()>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let agent = agent.clone();
-    std::thread::Builder::new()
-        .name("rest-notify".into())
-        .spawn(move || {
+) -> impl FnOnce() + Send + 'static {
+    {
+        move || {
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300), true);
-            let mut pending = true; // files may be left from before a restart
-            while !agent.stopping() {
-                if pending {
-                    if flush(&agent) {
-                        pending = false;
-                        backoff.reset();
-                    } else if agent.wait_stop(backoff.next_delay()) {
+            // Files may be left from before a restart: flush at once, then when woken.
+            while !shutdown.is_set() {
+                if !flush(&cfg.get(), http_timeout) {
+                    if shutdown.wait_timeout(backoff.next_delay()) {
                         break;
-                    } else {
-                        continue;
                     }
+                    continue;
                 }
-                match wake.recv_timeout(Duration::from_secs(2)) {
-                    Ok(()) => pending = true,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                backoff.reset();
+                if wake.recv().is_err() {
+                    break;
                 }
             }
-        })
+        }
+    }
 }
 
 #[cfg(test)]

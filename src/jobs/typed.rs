@@ -1,14 +1,14 @@
-//! Typed jobs (SPEC §4.4): `meta.type` with a dot, and the named built-ins. Each arm calls
-//! the module that owns the part of the agent it acts on; the answer is the `result` object
-//! or an error message for `meta.error`.
+//! Typed jobs (SPEC §4.4): `meta.type` with a dot, and the named built-ins. The job layer
+//! knows the names; the work is done behind the narrow traits of [`Handlers`], which the
+//! owning modules implement (`services::procs`, `services::daemons`, `services::supervisor`,
+//! `services::update`, `services::selfupdate`, `stats`, `healthz`) and `agent.rs` plugs in.
+//! Nothing here names those modules.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// The typed jobs answered here; the `process.*`, `daemon.*` and `service.*` families are
-/// listed by their modules ([`all_types`] gives every one). Anything else with a dot is
+/// The typed jobs answered here directly or by [`Handlers`]. Anything else with a dot is
 /// REJECTED `unknown_type`.
 pub const TYPES: &[&str] = &[
     "ping",
@@ -19,13 +19,43 @@ pub const TYPES: &[&str] = &[
     "agent.update",
 ];
 
-/// The type lists of every module that runs typed jobs.
-const FAMILIES: &[&[&str]] = &[
-    TYPES,
-    crate::services::procs::TYPES,
-    crate::services::daemons::TYPES,
-    crate::services::supervisor::TYPES,
+/// `process.*` ([`Processes`]).
+pub const PROCESS_TYPES: &[&str] = &[
+    "process.start",
+    "process.stop",
+    "process.signal",
+    "process.status",
+    "process.list",
+    "process.info",
 ];
+
+/// `daemon.*` ([`Daemons`]).
+pub const DAEMON_TYPES: &[&str] = &[
+    "daemon.list",
+    "daemon.info",
+    "daemon.start",
+    "daemon.stop",
+    "daemon.restart",
+    "daemon.reload",
+    "daemon.enable",
+    "daemon.disable",
+];
+
+/// `service.*` but `service.update` ([`Services`]).
+pub const SERVICE_TYPES: &[&str] = &[
+    "service.list",
+    "service.start",
+    "service.stop",
+    "service.restart",
+];
+
+/// Test builds only: a job type whose handler panics, to check the panic policy (the
+/// process logs the panic once and aborts; procd/systemd start it again).
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC: &str = "test.panic";
+
+/// The type lists.
+const FAMILIES: &[&[&str]] = &[TYPES, PROCESS_TYPES, DAEMON_TYPES, SERVICE_TYPES];
 
 /// Every typed job this build runs (besides shell jobs).
 pub fn all_types() -> impl Iterator<Item = &'static str> {
@@ -35,8 +65,12 @@ pub fn all_types() -> impl Iterator<Item = &'static str> {
 /// Types that are shell jobs with network safety (SPEC §4.4).
 pub const NETWORK_TYPES: &[&str] = &["network", "networking", "all"];
 
-/// True when `ty` is run as a typed job by [`run`].
+/// True when `ty` is run as a typed job by [`run_job`].
 pub fn is_typed(ty: &str) -> bool {
+    #[cfg(feature = "test-hooks")]
+    if ty == TEST_PANIC {
+        return true;
+    }
     FAMILIES.iter().any(|f| f.contains(&ty))
 }
 
@@ -57,81 +91,78 @@ impl From<String> for Failure {
     }
 }
 
-/// Runs typed job `ty` of job `id` (what the workers call): the update jobs need the id
-/// (the self-update answers its job from the next process) and may fail with a result.
-pub fn run_job(agent: &Arc<Agent>, id: &str, ty: &str, args: &Value) -> Result<Value, Failure> {
-    match ty {
-        "service.update" => crate::services::update::run(agent, args).map_err(|f| Failure {
-            error: f.error,
-            result: f.result,
-        }),
-        "agent.update" => crate::services::selfupdate::run(agent, id, args).map_err(Failure::from),
-        _ => run(agent, ty, args).map_err(Failure::from),
-    }
+/// What a typed job produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Done {
+    /// The `result` object of the PROCESSED sent now.
+    Result(Value),
+    /// The answer is owed by the next process (`agent.update`: the agent re-executes the new
+    /// binary, which answers the job once it reached the broker). Nothing is sent now; the job
+    /// stays unfinished in the seen-id store.
+    AnsweredLater,
 }
 
-/// Runs typed job `ty` with `args`. `Err` is the message for `meta.error`.
-pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> {
-    let _ = args;
-    match ty {
-        "ping" => Ok(
-            json!({"uptime": crate::platform::identity::system_uptime(), "version": crate::VERSION}),
-        ),
-        "stats" => Ok(crate::stats::collect::job_record(agent)),
-        "healthz" | "usage" => crate::healthz::run(agent, ty),
-        t if crate::services::procs::TYPES.contains(&t) => {
-            crate::services::procs::run(agent, t, args)
-        }
-        t if crate::services::daemons::TYPES.contains(&t) => {
-            crate::services::daemons::run(agent, t, args)
-        }
-        t if crate::services::supervisor::TYPES.contains(&t) => {
-            crate::services::supervisor::run(agent, t, args)
-        }
-        "service.update" => crate::services::update::run(agent, args).map_err(|f| f.error),
-        "agent.update" => {
-            Err("agent.update runs through typed::run_job (it needs the job id)".into())
-        }
-        other => {
-            let _ = agent;
-            Err(format!("unknown_type: {other}"))
-        }
-    }
+/// `process.*` jobs.
+pub trait Processes: Send + Sync {
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, String>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
+/// `daemon.*` jobs (the system's init scripts or systemd units).
+pub trait Daemons: Send + Sync {
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, String>;
+}
 
-    #[test]
-    fn every_listed_type_has_an_arm() {
-        let d = tempfile::tempdir().unwrap();
-        let cfg = Config {
-            topic: "t".into(),
-            key: "k".into(),
-            mqtt_host: "h".into(),
-            state_dir: d.path().join("state"),
-            cache_dir: d.path().join("cache"),
-            init_dir: d.path().join("init.d").display().to_string(),
-            ..Config::default()
-        };
-        let agent = Agent::new(
-            cfg,
-            d.path().join("c.json"),
-            None,
-            "02-00-00-00-00-09".into(),
-        );
-        let mut n = 0;
-        for ty in all_types() {
-            assert!(is_typed(ty));
-            // Empty args: every job either answers or names what is missing — never "unknown".
-            if let Err(f) = run_job(&agent, "id-1", ty, &json!({})) {
-                assert!(!f.error.starts_with("unknown_type"), "{ty}: {}", f.error);
-            }
-            n += 1;
-        }
-        assert_eq!(n, 24, "the 24 typed jobs of SPEC §4.4");
-        assert!(!is_typed("process.explode") && !is_typed("cmd"));
+/// socketman's own services: `service.list/start/stop/restart` and `service.update`.
+pub trait Services: Send + Sync {
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, String>;
+    fn update(&self, args: &Value) -> Result<Value, Failure>;
+}
+
+/// `agent.update`: replaces socketman itself.
+pub trait AgentUpdate: Send + Sync {
+    fn update(&self, job_id: &str, args: &Value) -> Result<Done, String>;
+}
+
+/// A fresh stats record (`stats`).
+pub trait StatsSource: Send + Sync {
+    fn record(&self) -> Value;
+}
+
+/// The `healthz` document and `usage`.
+pub trait Health: Send + Sync {
+    fn healthz(&self) -> Value;
+    fn usage(&self) -> Result<Value, String>;
+}
+
+/// The handlers of the typed jobs, given to the job workers.
+#[derive(Clone)]
+pub struct Handlers {
+    pub processes: Arc<dyn Processes>,
+    pub daemons: Arc<dyn Daemons>,
+    pub services: Arc<dyn Services>,
+    pub agent_update: Arc<dyn AgentUpdate>,
+    pub stats: Arc<dyn StatsSource>,
+    pub health: Arc<dyn Health>,
+}
+
+/// Runs typed job `ty` of job `id` with `args` (what the workers call).
+pub fn run_job(h: &Handlers, id: &str, ty: &str, args: &Value) -> Result<Done, Failure> {
+    let r = |v: Result<Value, String>| v.map(Done::Result).map_err(Failure::from);
+    match ty {
+        "ping" => Ok(Done::Result(json!({
+            "uptime": crate::platform::identity::system_uptime(),
+            "version": crate::VERSION
+        }))),
+        "stats" => Ok(Done::Result(h.stats.record())),
+        "healthz" => Ok(Done::Result(h.health.healthz())),
+        "usage" => r(h.health.usage()),
+        "service.update" => h.services.update(args).map(Done::Result),
+        "agent.update" => h.agent_update.update(id, args).map_err(Failure::from),
+        t if PROCESS_TYPES.contains(&t) => r(h.processes.run(t, args)),
+        t if DAEMON_TYPES.contains(&t) => r(h.daemons.run(t, args)),
+        t if SERVICE_TYPES.contains(&t) => r(h.services.run(t, args)),
+        #[cfg(feature = "test-hooks")]
+        TEST_PANIC => panic!("test.panic job {id}: panicking on purpose (test-hooks build)"),
+        other => Err(Failure::from(format!("unknown_type: {other}"))),
     }
 }

@@ -2,28 +2,56 @@
 //!
 //! Two threads: `mqtt-link` connects (client id `sm-<MAC>`, persistent session, keep-alive
 //! 30 s, the offline CONNECT as last will, TLS verified against `cacrt` or the system bundle),
-//! subscribes to `sub/T/K/MAC` on every connect, publishes the retained online CONNECT and hands
-//! each inbound job to [`Jobs::on_message`]; on a lost connection it reconnects with jittered
-//! back-off 1–60 s. `mqtt-out` publishes the [`crate::link::outbox::Outbox`] while connected, in order,
-//! waiting for the broker's acknowledgement of each QoS ≥ 1 message; a message that fails goes
-//! back to the front of the queue. TCP_NODELAY is set by Paho C on every socket.
+//! subscribes to `sub/T/K/MAC` on every connect, publishes the retained online CONNECT, hands
+//! each inbound job to the [`Inbound`] sink (the job intake) and sends PING every
+//! `ping_interval`; on a lost connection it reconnects with jittered back-off 1–60 s. It
+//! publishes the link state (connected or not) through a [`Watch`]. `mqtt-out` publishes the
+//! [`outbox::Outbox`] while connected, in order, waiting for the broker's acknowledgement of
+//! each QoS ≥ 1 message; a message that fails goes back to the front of the queue.
+//! TCP_NODELAY is set by Paho C on every socket.
+//!
+//! Both threads block on channels (Paho's callbacks and the stop token feed one channel of
+//! [`Event`]s; the outbox and the link-state watch have condvars), never on a poll loop.
 #![forbid(unsafe_code)]
 
 pub mod outbox;
 
-use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::jobs::Jobs;
 use crate::proto::{event, Topics};
-use outbox::Outgoing;
+use crate::runtime::{ConfigHandle, Shutdown, Threads, Watch};
+use outbox::{Outbox, Outgoing};
 use paho_mqtt as mqtt;
 use serde_json::json;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Where the link hands each message of `sub/…` (the job intake). Called on the
+/// `mqtt-link` thread, so it must not block for long.
+pub trait Inbound: Send + Sync {
+    fn on_job(&self, payload: &[u8]);
+}
+
+/// What the link threads are given.
+pub struct LinkDeps {
+    pub cfg: ConfigHandle,
+    pub outbox: Outbox,
+    pub shutdown: Shutdown,
+    /// Set true while connected (and subscribed), false otherwise.
+    pub state: Watch<bool>,
+    pub inbound: Arc<dyn Inbound>,
+    /// The connectivity CODE for PING's `status` (SPEC §3), when known.
+    pub ping_status: Box<dyn Fn() -> Option<u8> + Send + Sync>,
+}
+
+/// What wakes the `mqtt-link` thread.
+enum Event {
+    Message(mqtt::Message),
+    Lost,
+    Stop,
+}
 
 /// Where CA bundles live on the systems socketman runs on, in the order tried.
 pub const CA_BUNDLES: &[&str] = &[
@@ -134,44 +162,55 @@ impl Link {
         b.finalize()
     }
 
-    /// Starts `mqtt-link` and `mqtt-out`.
-    pub fn spawn(
-        self,
-        agent: &Arc<Agent>,
-        jobs: Arc<Jobs>,
-    ) -> std::io::Result<(JoinHandle<()>, JoinHandle<()>)> {
+    /// Starts `mqtt-link` and `mqtt-out` in `threads`.
+    pub fn spawn(self, deps: LinkDeps, threads: &mut Threads) -> std::io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        {
+            let tx = tx.clone();
+            self.client.set_message_callback(move |_, m| {
+                if let Some(m) = m {
+                    let _ = tx.send(Event::Message(m));
+                }
+            });
+        }
+        {
+            let tx = tx.clone();
+            self.client.set_connection_lost_callback(move |_| {
+                let _ = tx.send(Event::Lost);
+            });
+        }
+        let stop_tx = std::sync::Mutex::new(tx);
+        deps.shutdown.on_trigger(move || {
+            let _ = crate::runtime::lock(&stop_tx).send(Event::Stop);
+        });
         let link = Arc::new(self);
-        let rx = link.client.start_consuming();
-        let out = {
-            let (a, l) = (agent.clone(), link.clone());
-            std::thread::Builder::new()
-                .name("mqtt-out".into())
-                .spawn(move || l.publisher(&a))?
-        };
-        let (a, l) = (agent.clone(), link.clone());
-        let main = std::thread::Builder::new()
-            .name("mqtt-link".into())
-            .spawn(move || l.run(&a, &jobs, rx))?;
-        Ok((main, out))
+        let deps = Arc::new(deps);
+        {
+            let (l, d) = (link.clone(), deps.clone());
+            threads.spawn("mqtt-out", move || l.publisher(&d))?;
+        }
+        threads.spawn("mqtt-link", move || link.run(&deps, rx))
     }
 
-    fn run(&self, agent: &Arc<Agent>, jobs: &Jobs, rx: mqtt::SyncReceiver<Option<mqtt::Message>>) {
-        self.session(agent, jobs, rx);
-        agent.mqtt_connected.store(false, Ordering::SeqCst);
-        self.goodbye(&agent.cfg());
+    fn run(&self, d: &LinkDeps, rx: mpsc::Receiver<Event>) {
+        self.session(d, &rx);
+        self.set_state(d, false);
+        self.goodbye(&d.cfg.get());
     }
 
-    fn session(
-        &self,
-        agent: &Arc<Agent>,
-        jobs: &Jobs,
-        rx: mqtt::SyncReceiver<Option<mqtt::Message>>,
-    ) {
+    fn set_state(&self, d: &LinkDeps, up: bool) {
+        d.state.set(up);
+        if !up {
+            d.outbox.wake();
+        }
+    }
+
+    fn session(&self, d: &LinkDeps, rx: &mpsc::Receiver<Event>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), true);
         let mut failures = 0u32;
         let mut last_ping = Instant::now();
-        'outer: while !agent.stopping() {
-            let cfg = agent.cfg();
+        'outer: while !d.shutdown.is_set() {
+            let cfg = d.cfg.get();
             match self
                 .client
                 .connect(self.connect_options(&cfg))
@@ -199,7 +238,7 @@ impl Link {
                     if failures == 1 || failures.is_multiple_of(10) {
                         log::warn!("MQTT connect to {} failed ({e}); retrying in {:.1} s (attempt {failures})", server_uri(&cfg), delay.as_secs_f32());
                     }
-                    if agent.wait_stop(delay) {
+                    if d.shutdown.wait_timeout(delay) {
                         break;
                     }
                     continue;
@@ -218,7 +257,7 @@ impl Link {
                     .client
                     .disconnect(None)
                     .wait_for(Duration::from_secs(2));
-                if agent.wait_stop(backoff.next_delay()) {
+                if d.shutdown.wait_timeout(backoff.next_delay()) {
                     break;
                 }
                 continue;
@@ -235,79 +274,89 @@ impl Link {
             {
                 log::warn!("MQTT online CONNECT not published: {e}");
             }
-            agent.mqtt_connected.store(true, Ordering::SeqCst);
-            crate::agent::on_connected(agent);
+            self.set_state(d, true);
             loop {
-                if agent.stopping() {
+                if d.shutdown.is_set() {
                     break 'outer;
                 }
-                match rx.recv_timeout(Duration::from_millis(500)) {
-                    Ok(Some(msg)) => {
+                let cfg = d.cfg.get();
+                let ping_every = Duration::from_secs(cfg.ping_interval);
+                // Woken by a message, a lost connection, the stop, or the next PING due
+                // (at least every 30 s, so that a HUP turning PINGs on is seen).
+                let wait = if cfg.no_ping {
+                    Duration::from_secs(30)
+                } else {
+                    ping_every.saturating_sub(last_ping.elapsed())
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(Event::Message(msg)) => {
                         if msg.topic() == self.topics.sub {
-                            jobs.on_message(agent, msg.payload());
+                            d.inbound.on_job(msg.payload());
                         } else {
                             log::debug!("MQTT message on unexpected topic {} ignored", msg.topic());
                         }
                     }
-                    Ok(None) => {
-                        agent.mqtt_connected.store(false, Ordering::SeqCst);
+                    Ok(Event::Lost) => {
+                        self.set_state(d, false);
                         log::warn!(
                             "MQTT connection to {} lost; reconnecting",
-                            server_uri(&agent.cfg())
+                            server_uri(&d.cfg.get())
                         );
                         break;
                     }
-                    Err(mqtt::sync_channel::RecvTimeoutError::Timeout) => {}
-                    Err(mqtt::sync_channel::RecvTimeoutError::Disconnected) => {
-                        agent.mqtt_connected.store(false, Ordering::SeqCst);
-                        break;
-                    }
+                    Ok(Event::Stop) => break 'outer,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break 'outer,
                 }
                 if !self.client.is_connected() {
-                    agent.mqtt_connected.store(false, Ordering::SeqCst);
+                    self.set_state(d, false);
                     log::warn!("MQTT connection lost; reconnecting");
                     break;
                 }
-                let cfg = agent.cfg();
-                if !cfg.no_ping && last_ping.elapsed() >= Duration::from_secs(cfg.ping_interval) {
+                if !cfg.no_ping && last_ping.elapsed() >= ping_every {
                     last_ping = Instant::now();
-                    let status = agent
-                        .net_code()
-                        .map_or(serde_json::Value::Null, |c| json!(c));
-                    agent.outbox.status_event(
+                    let status = (d.ping_status)().map_or(serde_json::Value::Null, |c| json!(c));
+                    d.outbox.status_event(
                         "PING",
                         json!({"uptime": crate::platform::identity::system_uptime(), "status": status}),
                     );
                 }
             }
-            if agent.wait_stop(backoff.next_delay()) {
+            if d.shutdown.wait_timeout(backoff.next_delay()) {
                 break;
             }
         }
     }
 
-    fn publisher(&self, agent: &Arc<Agent>) {
+    fn publisher(&self, d: &LinkDeps) {
         loop {
-            if agent.stopping() {
+            // Nothing goes out while the link is down; the stop ends the wait.
+            if !d.state.wait_until(None, |up| *up) {
                 return;
             }
-            let Some(msg) = agent.outbox.pop(Duration::from_secs(1)) else {
-                continue;
+            let Some(msg) = d.outbox.pop_wait() else {
+                return;
             };
-            if !agent.is_connected() {
-                agent.outbox.unpop(msg);
-                std::thread::sleep(Duration::from_millis(100));
+            if !d.state.get() {
+                d.outbox.unpop(msg);
                 continue;
             }
-            if let Err(e) = self.publish_now(&msg) {
-                log::warn!(
-                    "MQTT publish to {} failed ({e}); will retry",
-                    self.topics.of(msg.topic)
-                );
-                if msg.qos > 0 {
-                    agent.outbox.unpop(msg);
+            match self.publish_now(&msg) {
+                Ok(()) => d.outbox.done(),
+                Err(e) => {
+                    log::warn!(
+                        "MQTT publish to {} failed ({e}); will retry",
+                        self.topics.of(msg.topic)
+                    );
+                    if msg.qos > 0 {
+                        d.outbox.unpop(msg);
+                    } else {
+                        d.outbox.done();
+                    }
+                    if d.shutdown.wait_timeout(Duration::from_millis(200)) {
+                        return;
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }

@@ -25,6 +25,8 @@ const MAX_QUEUED_EVENTS: usize = 256;
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Outgoing>,
+    /// A message was taken by [`Outbox::pop`] and is not yet [`Outbox::done`] or back.
+    in_flight: bool,
     closed: bool,
     dropped_events: u64,
 }
@@ -86,29 +88,84 @@ impl Outbox {
     }
 
     /// Takes the oldest message, waiting up to `timeout`. `None` on timeout or when closed.
+    /// The caller reports the message [`Outbox::done`] or puts it back with
+    /// [`Outbox::unpop`].
     pub fn pop(&self, timeout: Duration) -> Option<Outgoing> {
+        let deadline = std::time::Instant::now() + timeout;
         let (lock, cv) = &*self.inner;
-        let mut q = match lock.lock() {
-            Ok(q) => q,
-            Err(p) => p.into_inner(),
-        };
-        if q.items.is_empty() && !q.closed {
-            q = match cv.wait_timeout(q, timeout) {
+        let mut q = crate::runtime::lock(lock);
+        while q.items.is_empty() && !q.closed {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            q = match cv.wait_timeout(q, deadline - now) {
                 Ok((q, _)) => q,
                 Err(p) => p.into_inner().0,
             };
         }
-        q.items.pop_front()
+        let m = q.items.pop_front();
+        q.in_flight = m.is_some();
+        m
+    }
+
+    /// Takes the oldest message, waiting for one; `None` once closed.
+    pub fn pop_wait(&self) -> Option<Outgoing> {
+        let (lock, cv) = &*self.inner;
+        let mut q = crate::runtime::lock(lock);
+        while q.items.is_empty() && !q.closed {
+            q = match cv.wait(q) {
+                Ok(q) => q,
+                Err(p) => p.into_inner(),
+            };
+        }
+        let m = q.items.pop_front();
+        q.in_flight = m.is_some();
+        m
+    }
+
+    /// The message taken last was published (or given up).
+    pub fn done(&self) {
+        let (lock, cv) = &*self.inner;
+        crate::runtime::lock(lock).in_flight = false;
+        cv.notify_all();
     }
 
     /// Puts a message that could not be published back at the front.
     pub fn unpop(&self, msg: Outgoing) {
-        let (lock, _) = &*self.inner;
-        let mut q = match lock.lock() {
-            Ok(q) => q,
-            Err(p) => p.into_inner(),
-        };
+        let (lock, cv) = &*self.inner;
+        let mut q = crate::runtime::lock(lock);
         q.items.push_front(msg);
+        q.in_flight = false;
+        cv.notify_all();
+    }
+
+    /// Wakes the waiters of [`Outbox::wait_drained`] (the link went down).
+    pub fn wake(&self) {
+        let (lock, cv) = &*self.inner;
+        let _g = crate::runtime::lock(lock);
+        cv.notify_all();
+    }
+
+    /// Waits until every queued message is published (`true`), or until `deadline` or
+    /// `up()` turns false (`false`: the link is down, nothing more will go out). The link
+    /// calls [`Outbox::wake`] when it goes down.
+    pub fn wait_drained(&self, deadline: std::time::Instant, up: impl Fn() -> bool) -> bool {
+        let (lock, cv) = &*self.inner;
+        let mut q = crate::runtime::lock(lock);
+        loop {
+            if q.items.is_empty() && !q.in_flight {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || !up() {
+                return false;
+            }
+            q = match cv.wait_timeout(q, deadline - now) {
+                Ok((q, _)) => q,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 
     /// Number of messages waiting.

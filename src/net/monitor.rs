@@ -3,32 +3,28 @@
 //! [`check`] computes the connectivity CODE (default route 1, TCP to `health_url:health_port`
 //! +3, DNS lookup of `dns_check` +5) and the WAN facts; any thread may call it (the `network`
 //! job, healthz, stats). The `monitor` thread started by [`spawn`] runs it every `monitor`
-//! seconds, stores the result in `agent.net`, feeds the pure state machine of
-//! `src/recovery.rs` and performs its actions: `network_restart_cmd`, the reboot sequence
-//! (`state_dir/reboot.json`, cache flush, `reboot_cmd`, forced `reboot(2)` 60 s later), and
-//! the RECOVERY events on `status/…` through `agent.outbox`. At start it publishes a
-//! `reboot.json` left by the previous run as RECOVERY rebooted and removes it.
+//! seconds, publishes the result through the [`NetStatus`] watch, feeds the pure state
+//! machine of [`crate::net::recovery`] and performs its actions: `network_restart_cmd`, the
+//! reboot sequence (`state_dir/reboot.json`, the `before_reboot` hook — the stats cache
+//! flush —, `reboot_cmd`, forced `reboot(2)` 60 s later), and the RECOVERY events on
+//! `status/…` through the outbox. At start it publishes a `reboot.json` left by the previous
+//! run as RECOVERY rebooted and removes it.
 //!
-//! Shared: `agent.net` (written here), `agent.monitor` ([`Shared`]: set by the `network` job
-//! so that recovery steps wait while a job is changing the network on purpose).
-//!
-//! Test-only environment variables (never set them on a device):
-//! - `SOCKETMAN_TEST_MONITOR_MS`: check period in milliseconds instead of `monitor` seconds
-//!   (whose minimum of 15 s makes integration tests slow).
-//! - `SOCKETMAN_NO_FORCE_REBOOT`: when set, the forced `sync` + `reboot(2)` that follows a
-//!   `reboot_cmd` that did not reboot is skipped with a log line, so that a test running the
-//!   real binary can never reboot the machine it runs on.
+//! Reads the [`RecoveryPause`] set by the `network` job, so that recovery steps wait while a
+//! job is changing the network on purpose. The check period and the forced reboot come from
+//! [`Timings`] (test builds shorten the one and switch off the other).
 #![forbid(unsafe_code)]
 
-use crate::agent::{Agent, NetStatus};
 use crate::config::Config;
+use crate::link::outbox::Outbox;
 use crate::net::recovery::{self, Action, Recovery};
+use crate::net::{NetStatus, RecoveryPause};
+use crate::runtime::{ConfigHandle, Shutdown, Timings, Watch};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,23 +40,25 @@ pub const REBOOT_MARKER: &str = "reboot.json";
 const MAX_STUCK_LOOKUPS: usize = 4;
 static LOOKUPS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// Monitor state other threads may touch (one field of `Agent`).
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// True while a `network` job runs: its own re-check and rollback handle the network,
-    /// so the recovery timers are paused (checks still run and update `agent.net`).
-    pub network_job: AtomicBool,
+/// The check period: `monitor` seconds, or the test override (at least 50 ms).
+pub fn period(cfg: &Config, t: &Timings) -> Duration {
+    match t.monitor {
+        Some(d) => d.max(Duration::from_millis(50)),
+        None => t.monitor_period(cfg),
+    }
 }
 
-/// The check period: `monitor` seconds, or `SOCKETMAN_TEST_MONITOR_MS` (test-only).
-pub fn period(cfg: &Config) -> Duration {
-    if let Some(ms) = std::env::var("SOCKETMAN_TEST_MONITOR_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return Duration::from_millis(ms.max(50));
-    }
-    Duration::from_secs(cfg.monitor.max(1))
+/// What the `monitor` thread is given.
+pub struct Monitor {
+    pub cfg: ConfigHandle,
+    pub outbox: Outbox,
+    pub shutdown: Shutdown,
+    /// Written here after every check.
+    pub status: Watch<NetStatus>,
+    pub pause: RecoveryPause,
+    pub timings: Timings,
+    /// Runs right before `reboot_cmd` (the agent flushes the stats cache there).
+    pub before_reboot: Box<dyn Fn() + Send>,
 }
 
 /// One connectivity check of SPEC §6 against the live system. Takes up to about 3 s.
@@ -161,12 +159,9 @@ fn tcp_ok(host: &str, port: u16, deadline: Instant) -> bool {
     false
 }
 
-/// Starts the `monitor` thread.
-pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<thread::JoinHandle<()>> {
-    let agent = agent.clone();
-    thread::Builder::new()
-        .name("monitor".into())
-        .spawn(move || run(&agent))
+/// The body of the `monitor` thread.
+pub fn body(m: Monitor) -> impl FnOnce() + Send + 'static {
+    move || run(&m)
 }
 
 /// The instant the system booted, from `/proc/uptime` (now when unknown: the boot grace
@@ -179,17 +174,17 @@ fn boot_instant() -> Instant {
     .unwrap_or(now)
 }
 
-fn run(agent: &Arc<Agent>) {
-    publish_reboot_marker(agent);
-    let mut machine = Recovery::new(agent.cfg().reboot, boot_instant());
+fn run(m: &Monitor) {
+    publish_reboot_marker(&m.cfg.get(), &m.outbox);
+    let mut machine = Recovery::new(m.cfg.get().reboot, boot_instant());
     let mut last_code: Option<u8> = None;
     let mut paused_logged = false;
     log::info!(
         "monitor: connectivity check every {} ms",
-        period(&agent.cfg()).as_millis()
+        period(&m.cfg.get(), &m.timings).as_millis()
     );
     loop {
-        let cfg = agent.cfg();
+        let cfg = m.cfg.get();
         machine.set_reboot(cfg.reboot);
         let at = Instant::now();
         let status = check(&cfg);
@@ -207,11 +202,8 @@ fn run(agent: &Arc<Agent>) {
             );
             last_code = Some(code);
         }
-        match agent.net.lock() {
-            Ok(mut n) => *n = status,
-            Err(p) => *p.into_inner() = status,
-        }
-        if agent.monitor.network_job.load(Ordering::SeqCst) {
+        m.status.set(status);
+        if m.pause.is_set() {
             if !paused_logged {
                 log::info!("monitor: recovery paused while a network job runs");
                 paused_logged = true;
@@ -219,23 +211,23 @@ fn run(agent: &Arc<Agent>) {
         } else {
             paused_logged = false;
             for action in machine.observe(at, code) {
-                perform(agent, &cfg, action);
-                if agent.stopping() {
+                perform(m, &cfg, action);
+                if m.shutdown.is_set() {
                     return;
                 }
             }
         }
-        if agent.wait_stop(period(&cfg)) {
+        if m.shutdown.wait_timeout(period(&cfg, &m.timings)) {
             return;
         }
     }
 }
 
-fn perform(agent: &Arc<Agent>, cfg: &Config, action: Action) {
+fn perform(m: &Monitor, cfg: &Config, action: Action) {
     match action {
         Action::PublishOnline { offline_s } => {
             log::info!("connectivity back after {offline_s} s offline");
-            agent.outbox.status_event(
+            m.outbox.status_event(
                 "RECOVERY",
                 json!({"state": "online", "offline_s": offline_s}),
             );
@@ -254,7 +246,7 @@ fn perform(agent: &Arc<Agent>, cfg: &Config, action: Action) {
             );
             log_cmd("network_restart_cmd", ok, &detail);
         }
-        Action::Reboot { offline_s } => reboot_sequence(agent, cfg, offline_s),
+        Action::Reboot { offline_s } => reboot_sequence(m, cfg, offline_s),
     }
 }
 
@@ -295,8 +287,8 @@ pub fn marker_path(cfg: &Config) -> PathBuf {
 }
 
 /// Writes the reboot marker, flushes the cache, runs `reboot_cmd`, and forces a reboot when
-/// the device is still up [`FORCE_REBOOT_AFTER`] later (unless `SOCKETMAN_NO_FORCE_REBOOT`).
-fn reboot_sequence(agent: &Arc<Agent>, cfg: &Config, offline_s: u64) {
+/// the device is still up [`FORCE_REBOOT_AFTER`] later (unless a test build switched that off).
+fn reboot_sequence(m: &Monitor, cfg: &Config, offline_s: u64) {
     log::error!(
         "offline for {offline_s} s: rebooting with reboot_cmd {:?}",
         cfg.reboot_cmd
@@ -306,20 +298,20 @@ fn reboot_sequence(agent: &Arc<Agent>, cfg: &Config, offline_s: u64) {
     if let Err(e) = crate::platform::fs::write_atomic(&path, marker.to_string().as_bytes()) {
         log::error!("reboot marker {}: {e}", path.display());
     }
-    flush_before_reboot(agent);
+    (m.before_reboot)();
     let (ok, detail) = run_cmd(
         &cfg.reboot_cmd,
         Duration::from_secs(cfg.job_timeout.clamp(10, 60)),
         cfg.job_output_max,
     );
     log_cmd("reboot_cmd", ok, &detail);
-    if std::env::var_os("SOCKETMAN_NO_FORCE_REBOOT").is_some() {
+    if !m.timings.force_reboot {
         log::warn!(
-            "SOCKETMAN_NO_FORCE_REBOOT is set (test mode): no forced reboot will follow reboot_cmd"
+            "test build with the forced reboot switched off: no forced reboot follows reboot_cmd"
         );
         return;
     }
-    if agent.wait_stop(FORCE_REBOOT_AFTER) {
+    if m.shutdown.wait_timeout(FORCE_REBOOT_AFTER) {
         return; // the system is shutting us down: the reboot is under way
     }
     log::error!(
@@ -330,17 +322,12 @@ fn reboot_sequence(agent: &Arc<Agent>, cfg: &Config, offline_s: u64) {
     log::error!("forced reboot failed: {e}");
 }
 
-/// Hook run right before a reboot: the stats cache is made durable (`upload::flush`).
-pub fn flush_before_reboot(agent: &Arc<Agent>) {
-    crate::stats::upload::flush(agent);
-}
-
 /// Publishes a `reboot.json` left by the previous run once, as
 /// `RECOVERY {"state":"rebooted", …file fields}`, and removes it. Returns the event meta.
-pub fn publish_reboot_marker(agent: &Arc<Agent>) -> Option<Value> {
-    let path = marker_path(&agent.cfg());
+pub fn publish_reboot_marker(cfg: &Config, outbox: &Outbox) -> Option<Value> {
+    let path = marker_path(cfg);
     let meta = reboot_marker_meta(&path)?;
-    agent.outbox.status_event("RECOVERY", meta.clone());
+    outbox.status_event("RECOVERY", meta.clone());
     match std::fs::remove_file(&path) {
         Ok(()) => log::info!(
             "published RECOVERY rebooted from {} and removed it",
@@ -459,13 +446,19 @@ mod tests {
 
     #[test]
     fn test_period_override() {
-        // Only the default path is checked here: the env var is process-wide.
         let c = Config {
             monitor: 20,
             ..Config::default()
         };
-        if std::env::var_os("SOCKETMAN_TEST_MONITOR_MS").is_none() {
-            assert_eq!(period(&c), Duration::from_secs(20));
-        }
+        assert_eq!(period(&c, &Timings::default()), Duration::from_secs(20));
+        let fast = Timings {
+            monitor: Some(Duration::from_millis(5)),
+            ..Timings::default()
+        };
+        assert_eq!(
+            period(&c, &fast),
+            Duration::from_millis(50),
+            "at least 50 ms"
+        );
     }
 }

@@ -13,7 +13,6 @@
 //! timeout ([`CMD_TIMEOUT`]) in its own process group, killed as a group when it overruns.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
 use crate::config::{Config, ServiceManager};
 use serde_json::{json, Value};
 use std::io::Read;
@@ -314,30 +313,34 @@ pub fn act(cfg: &Config, name: &str, action: &str) -> Result<Value, String> {
     Ok(json!({"name": name, "status": status_of(cfg, name)?}))
 }
 
-/// Job types of this module.
-pub const TYPES: &[&str] = &[
-    "daemon.list",
-    "daemon.info",
-    "daemon.start",
-    "daemon.stop",
-    "daemon.restart",
-    "daemon.reload",
-    "daemon.enable",
-    "daemon.disable",
-];
+/// The `daemon.*` jobs and healthz's `daemons`, on the current config.
+#[derive(Clone)]
+pub struct Daemons(pub crate::runtime::ConfigHandle);
+
+impl crate::jobs::typed::Daemons for Daemons {
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, String> {
+        run(&self.0.get(), ty, args)
+    }
+}
+
+impl crate::healthz::DaemonsView for Daemons {
+    fn daemon_entries(&self, cfg: &Config) -> Result<Vec<Value>, String> {
+        let v = list(cfg)?;
+        Ok(v["daemons"].as_array().cloned().unwrap_or_default())
+    }
+}
 
 /// Runs one `daemon.*` job.
-pub fn run(agent: &Agent, ty: &str, args: &Value) -> Result<Value, String> {
-    let cfg = agent.cfg();
+pub fn run(cfg: &Config, ty: &str, args: &Value) -> Result<Value, String> {
     if ty == "daemon.list" {
-        return list(&cfg);
+        return list(cfg);
     }
     let name = crate::services::procs::arg_str(args, "name")?;
     match ty {
-        "daemon.info" => info(&cfg, name),
+        "daemon.info" => info(cfg, name),
         _ => match ty.strip_prefix("daemon.") {
             Some(a @ ("start" | "stop" | "restart" | "reload" | "enable" | "disable")) => {
-                act(&cfg, name, a)
+                act(cfg, name, a)
             }
             _ => Err(format!("unknown_type: {ty}")),
         },

@@ -3,6 +3,7 @@
 //! `daemon.*` ([`daemons`]) jobs.
 
 pub mod daemons;
+pub mod heartbeats;
 pub mod procs;
 pub mod selfupdate;
 pub mod supervisor;

@@ -1,33 +1,20 @@
 //! `process.*` typed jobs (SPEC §4.4) and the `/proc` readers they share with `daemon.info`
 //! and the watchdog.
 //!
-//! Owns [`Control`], the one field of `Agent` (`agent.control`) that holds the state of the
-//! process-control subsystems: the registry of processes started by `process.start`
-//! ([`Registry`]), the supervisor's services and the watchdog's heartbeat table.
+//! Owns the [`Registry`] of processes started by `process.start` (shared with healthz
+//! through the job handlers).
 //!
 //! Threads: the job workers call [`run`]; every process started by `process.start` gets a
 //! small `reaper` thread that blocks in `wait()` and records the exit status in the registry,
 //! so exit codes are known and no zombie is left.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-/// The state of process control shared by job workers, the supervisor and the watchdog.
-#[derive(Default)]
-pub struct Control {
-    /// Processes started by `process.start`.
-    pub children: Arc<Registry>,
-    /// The supervisor's services (SPEC §8.1).
-    pub services: crate::services::supervisor::Services,
-    /// The watchdog's heartbeat table (SPEC §8.2).
-    pub watchdog: crate::services::watchdog::Shared,
-}
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,19 +362,18 @@ fn kill_err(pid: i32, e: std::io::Error) -> String {
 // ---------------------------------------------------------------------------------------
 // Jobs
 
-/// Job types of this module.
-pub const TYPES: &[&str] = &[
-    "process.start",
-    "process.stop",
-    "process.signal",
-    "process.status",
-    "process.list",
-    "process.info",
-];
+/// The `process.*` jobs, on the registry of the processes they started.
+#[derive(Default, Clone)]
+pub struct Processes(pub Arc<Registry>);
+
+impl crate::jobs::typed::Processes for Processes {
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, String> {
+        run(&self.0, ty, args)
+    }
+}
 
 /// Runs one `process.*` job.
-pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> {
-    let reg = &agent.control.children;
+pub fn run(reg: &Arc<Registry>, ty: &str, args: &Value) -> Result<Value, String> {
     match ty {
         "process.start" => start(reg, args),
         "process.stop" => stop(reg, args),

@@ -2,13 +2,13 @@
 //! and re-execute it, with a pending-update marker that lets the *new* process send the job's
 //! `PROCESSED` once it is connected, and roll back to `<path>.bak` when it cannot connect.
 //!
-//! Threads: [`run`] runs on the job worker that took the job; on success it never returns
-//! (the process image is replaced by `execv` with the same arguments and pid: the other
-//! threads simply vanish, no shutdown code runs). [`on_start`] runs once at start-up from
-//! `agent::run` and, when a marker is present, starts the `selfupdate` thread that waits for
-//! the broker. Shares `agent.outbox` (the result), the supervisor (services are stopped
-//! before a re-exec, so the new process starts them itself instead of finding orphans) and
-//! `state_dir/pending-update.json` (the marker, written atomically before the switch).
+//! Threads: [`run`] runs on the job worker that took the job; on success it asks the agent's
+//! main loop for a re-exec ([`Control::Reexec`], the one re-exec path: a clean stop of every
+//! thread and service, then `execv` of the new binary with the same arguments and pid) and
+//! tells the worker that the answer comes later ([`Done::AnsweredLater`]). [`on_start`] runs
+//! once at start-up and, when a marker is present, starts the `selfupdate` thread that waits
+//! on the link-state watch for the broker, then answers the job through [`Jobs::finish`].
+//! Shares `state_dir/pending-update.json` (the marker, written atomically before the switch).
 //!
 //! Which process is which after a re-exec: the marker records the sha256 of the new binary.
 //! A process whose own executable has that sha256 is the new one (it confirms or rolls back);
@@ -16,24 +16,23 @@
 //! written by a new process that gave up; the restored old binary reports that text.
 //! This works even when old and new report the same version string.
 //!
-//! Not covered: other jobs running at the moment of the re-exec are cut short (the new
-//! process answers them `interrupted` from the seen-id store), and processes started by
-//! `process.start` keep running untracked. If the `exec` itself fails, the old binary is put
-//! back and the job fails, but the services stay stopped (the supervisor was shut down).
+//! Other jobs running at the moment of the re-exec get the clean stop's grace (SPEC §10);
+//! processes started by `process.start` keep running untracked. If the `exec` itself fails,
+//! the old binary is put back, the marker records the failure and the process exits 1: procd
+//! starts the old binary again, which reports the failure.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
+use crate::jobs::typed::Done;
 use crate::jobs::Jobs;
+use crate::runtime::{ConfigHandle, Control, ControlSender, Shutdown, Watch};
 use crate::services::update;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The marker file in `state_dir`.
@@ -46,11 +45,17 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
 /// rolls back at once.
 pub const MAX_STARTS: u32 = 3;
 
-/// The connect deadline: [`CONNECT_DEADLINE`], or `SOCKETMAN_TEST_UPDATE_DEADLINE_MS`
-/// (test-only, never on a device: lets the integration test watch the timer fire).
-fn connect_deadline() -> Duration {
-    crate::stats::collect::test_override_ms("SOCKETMAN_TEST_UPDATE_DEADLINE_MS")
-        .unwrap_or(CONNECT_DEADLINE)
+/// The `agent.update` job handler: the config and where the re-exec request goes.
+#[derive(Clone)]
+pub struct SelfUpdate {
+    pub cfg: ConfigHandle,
+    pub control: ControlSender,
+}
+
+impl crate::jobs::typed::AgentUpdate for SelfUpdate {
+    fn update(&self, job_id: &str, args: &Value) -> Result<Done, String> {
+        run(self, job_id, args)
+    }
 }
 
 /// The pending update, `state_dir/pending-update.json`.
@@ -228,9 +233,9 @@ fn own_exe() -> Result<PathBuf, String> {
 }
 
 /// `agent.update`: download, verify, check `--version`, keep `.bak`, write the marker,
-/// switch, re-execute. Returns only on failure (nothing changed, except a refreshed `.bak`).
-pub fn run(agent: &Arc<Agent>, job_id: &str, args: &Value) -> Result<Value, String> {
-    let cfg = agent.cfg();
+/// switch, then ask for the re-exec. `Err`: nothing changed (except a refreshed `.bak`).
+pub fn run(su: &SelfUpdate, job_id: &str, args: &Value) -> Result<Done, String> {
+    let cfg = su.cfg.get();
     let a = update::parse_args(args, false).map_err(|e| e.to_string())?;
     let exe = own_exe()?;
     let dir = exe
@@ -291,36 +296,29 @@ pub fn run(agent: &Arc<Agent>, job_id: &str, args: &Value) -> Result<Value, Stri
         exe.display(),
         crate::VERSION
     );
-    let err = reexec(agent, &exe);
-    // Still here: the exec failed. Put the old binary back; nothing changed.
-    let _ = restore_backup(&exe);
-    let _ = fs::remove_file(&marker_file);
-    Err(format!("re-executing {} failed: {err}", exe.display()))
-}
-
-/// Stops the services, gives the outbox a moment, then replaces the process image with
-/// `exe` and this process's arguments. Returns only on failure.
-fn reexec(agent: &Arc<Agent>, exe: &Path) -> io::Error {
-    stop_services(agent);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while agent.is_connected() && !agent.outbox.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    let failed_marker = marker.clone();
+    let mf = marker_file.clone();
+    let request = Control::Reexec {
+        exe: exe.clone(),
+        why: format!("agent.update job {job_id} to {}", a.version),
+        on_fail: Box::new(move |err: &io::Error| {
+            // The exec failed after the clean stop: put the old binary back and let the
+            // next start (procd respawns) report it.
+            let _ = restore_backup(&failed_marker.path);
+            let mut m = failed_marker;
+            m.failed = Some(format!("re-executing {} failed: {err}", m.path.display()));
+            if let Err(e) = write_marker(&mf, &m) {
+                log::error!("cannot write the update marker: {e}");
+            }
+        }),
+    };
+    if su.control.send(request).is_err() {
+        // The main loop is gone (stopping): undo, nothing changed.
+        let _ = restore_backup(&exe);
+        let _ = fs::remove_file(&marker_file);
+        return Err("busy: socketman is stopping".into());
     }
-    crate::platform::sys::cloexec_from_3();
-    let mut args = std::env::args_os();
-    let argv0 = args.next();
-    let mut cmd = Command::new(exe);
-    if let Some(a0) = argv0 {
-        cmd.arg0(a0);
-    }
-    log::info!("re-executing {}", exe.display());
-    cmd.args(args).exec()
-}
-
-/// Services started by this process: stopped before a re-exec (the new image does not know
-/// them and starts them again).
-fn stop_services(agent: &Arc<Agent>) {
-    crate::services::supervisor::stop_all(agent);
+    Ok(Done::AnsweredLater)
 }
 
 /// What a starting process does with a marker (pure; see the module doc).
@@ -379,17 +377,10 @@ pub fn processed(m: &Marker, success: bool, error: Option<&str>) -> Value {
            "event_type": "PROCESSED", "meta": meta})
 }
 
-fn report(
-    agent: &Arc<Agent>,
-    jobs: &Jobs,
-    marker_file: &Path,
-    m: &Marker,
-    success: bool,
-    error: Option<&str>,
-) {
+fn report(jobs: &Jobs, marker_file: &Path, m: &Marker, success: bool, error: Option<&str>) {
     let msg = processed(m, success, error);
     // Stored with the job id (a re-delivered job is a duplicate) and sent like any result.
-    jobs.finish(agent, &m.job_id, &msg);
+    jobs.finish(&m.job_id, &msg);
     match fs::remove_file(marker_file) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -407,9 +398,9 @@ fn report(
     }
 }
 
-/// The new process gives up: marker says why, `.bak` goes back, re-exec. Returns only when
-/// the rollback itself failed (logged; this process keeps running).
-fn roll_back(agent: &Arc<Agent>, marker_file: &Path, mut m: Marker, why: String) {
+/// The new process gives up: marker says why, `.bak` goes back, re-exec (through the
+/// agent's main loop). When the rollback itself fails this process keeps running.
+fn roll_back(control: &ControlSender, marker_file: &Path, mut m: Marker, why: String) {
     log::error!("{why}; restoring {}", backup_path(&m.path).display());
     m.failed = Some(why);
     if let Err(e) = write_marker(marker_file, &m) {
@@ -419,8 +410,12 @@ fn roll_back(agent: &Arc<Agent>, marker_file: &Path, mut m: Marker, why: String)
         log::error!("rollback impossible, keeping the new binary: {e}");
         return;
     }
-    let err = reexec(agent, &m.path);
-    log::error!("re-executing {} failed: {err}", m.path.display());
+    let exe = m.path.clone();
+    let _ = control.send(Control::Reexec {
+        why: format!("rollback of agent.update job {}", m.job_id),
+        exe,
+        on_fail: Box::new(|e: &io::Error| log::error!("re-executing the old binary failed: {e}")),
+    });
 }
 
 /// The job id of a pending update, for `Jobs::answer_unfinished` at start-up: that job is
@@ -429,68 +424,60 @@ pub fn pending_job_id(state_dir: &Path) -> Option<String> {
     read_marker(&marker_path(state_dir)).map(|m| m.job_id)
 }
 
-/// Call once at start-up (from `agent::run`, with the other subsystems, before or after the
-/// MQTT link starts): handles a pending update marker. Cheap when there is none.
-pub fn on_start(agent: &Arc<Agent>, jobs: &Arc<Jobs>) {
-    let cfg = agent.cfg();
+/// What the `selfupdate` thread is given.
+pub struct OnStart {
+    pub cfg: ConfigHandle,
+    pub jobs: std::sync::Arc<Jobs>,
+    pub link: Watch<bool>,
+    pub shutdown: Shutdown,
+    pub control: ControlSender,
+    /// When this process started (the connect deadline counts from it).
+    pub started: Instant,
+    pub deadline: Duration,
+}
+
+/// Call once at start-up: handles a pending update marker (cheap when there is none) in a
+/// `selfupdate` thread added to `threads`.
+pub fn on_start(o: OnStart, threads: &mut crate::runtime::Threads) {
+    let cfg = o.cfg.get();
     let marker_file = marker_path(&cfg.state_dir);
     let Some(m) = read_marker(&marker_file) else {
         return;
     };
     let mine = own_exe().ok().and_then(|p| update::sha256_file(&p).ok());
-    let a = Arc::clone(agent);
-    let jobs = Arc::clone(jobs);
-    let started = agent.started;
-    let r = std::thread::Builder::new()
-        .name("selfupdate".into())
-        .spawn(move || match decide(m, mine.as_deref()) {
-            Start::Failed(m, why) => {
-                // Kept for the next start when socketman stops before reaching the broker.
-                if wait_connected(&a, None) {
-                    report(&a, &jobs, &marker_file, &m, false, Some(&why));
-                }
+    let r = threads.spawn("selfupdate", move || match decide(m, mine.as_deref()) {
+        Start::Failed(m, why) => {
+            // Kept for the next start when socketman stops before reaching the broker.
+            if o.link.wait_until(None, |up| *up) {
+                report(&o.jobs, &marker_file, &m, false, Some(&why));
             }
-            Start::RollBack(m, why) => roll_back(&a, &marker_file, m, why),
-            Start::Confirm(m) => {
-                let limit = connect_deadline();
-                if let Err(e) = write_marker(&marker_file, &m) {
-                    log::error!("cannot write {}: {e}", marker_file.display());
-                }
-                log::info!(
-                    "agent.update job {}: waiting up to {} s for the broker (start {})",
-                    m.job_id,
-                    limit.as_secs(),
-                    m.starts
+        }
+        Start::RollBack(m, why) => roll_back(&o.control, &marker_file, m, why),
+        Start::Confirm(m) => {
+            let limit = o.deadline;
+            if let Err(e) = write_marker(&marker_file, &m) {
+                log::error!("cannot write {}: {e}", marker_file.display());
+            }
+            log::info!(
+                "agent.update job {}: waiting up to {} s for the broker (start {})",
+                m.job_id,
+                limit.as_secs(),
+                m.starts
+            );
+            if o.link.wait_until(Some(o.started + limit), |up| *up) {
+                report(&o.jobs, &marker_file, &m, true, None);
+            } else if !o.shutdown.is_set() {
+                let why = format!(
+                    "update to {} failed: no broker connection within {} s; rolled back",
+                    m.version,
+                    limit.as_secs()
                 );
-                if wait_connected(&a, Some(started + limit)) {
-                    report(&a, &jobs, &marker_file, &m, true, None);
-                } else if !a.stopping() {
-                    let why = format!(
-                        "update to {} failed: no broker connection within {} s; rolled back",
-                        m.version,
-                        limit.as_secs()
-                    );
-                    roll_back(&a, &marker_file, m, why);
-                }
+                roll_back(&o.control, &marker_file, m, why);
             }
-        });
+        }
+    });
     if let Err(e) = r {
         log::error!("cannot start the selfupdate thread: {e}");
-    }
-}
-
-/// Waits until the MQTT link is up (true), the deadline passes or a stop is requested.
-fn wait_connected(agent: &Agent, deadline: Option<Instant>) -> bool {
-    loop {
-        if agent.is_connected() {
-            return true;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return false;
-        }
-        if agent.wait_stop(Duration::from_millis(250)) {
-            return false;
-        }
     }
 }
 

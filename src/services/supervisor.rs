@@ -2,18 +2,21 @@
 //! back-off, `fatal` after too many failed starts, TERM→KILL stop, SERVICE events, and the
 //! `service.list/start/stop/restart` jobs.
 //!
-//! Threads: one `supervisor` thread ([`spawn`]) polls the children (`try_wait` every 250 ms
+//! Threads: one `supervisor` thread ([`run`]) polls the children (`try_wait` every 250 ms
 //! while one runs, else it wakes when a restart is due or once a second),
 //! applies the restart policy and picks up config changes (HUP). Job workers and the watchdog
-//! act on services through [`start`], [`stop`], [`restart`]; the lead's shutdown calls
-//! [`stop_all`]. All of them share [`Services`] (in `agent.control.services`), one mutex over
-//! the table; a stop takes the child out of the table and waits for it outside the lock.
+//! act on services through [`start`], [`stop`], [`restart`]; the agent's clean stop calls
+//! [`stop_all_by`]. All of them share the [`Supervisor`] handle: one mutex over the table, the
+//! config, the outbox for SERVICE events and the heartbeat table (for `last_heartbeat`); a
+//! stop takes the child out of the table and waits for it outside the lock.
 //!
 //! The timing rules are the pure state machine [`Policy`], driven with `Instant`s.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
-use crate::config::{RestartPolicy, ServiceConfig};
+use crate::config::{Config, RestartPolicy, ServiceConfig};
+use crate::link::outbox::Outbox;
+use crate::runtime::{ConfigHandle, Shutdown};
+use crate::services::heartbeats::Heartbeats;
 use crate::services::procs::Exit;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -150,13 +153,6 @@ impl Policy {
     }
 }
 
-/// Length of one back-off unit: 1 s, or `SOCKETMAN_TEST_BACKOFF_UNIT_MS` (tests only, so that
-/// the road to `fatal` does not take four minutes).
-fn backoff_unit() -> Duration {
-    crate::stats::collect::test_override_ms("SOCKETMAN_TEST_BACKOFF_UNIT_MS")
-        .unwrap_or(Duration::from_secs(1))
-}
-
 struct Svc {
     cfg: ServiceConfig,
     status: Status,
@@ -177,10 +173,47 @@ struct Table {
     shutdown: bool,
 }
 
-/// The services table, shared through `agent.control.services`.
+/// The services table.
 #[derive(Default)]
 pub struct Services {
     inner: Mutex<Table>,
+}
+
+/// The supervisor handle shared by its thread, the job workers, the watchdog and healthz.
+#[derive(Clone)]
+pub struct Supervisor {
+    services: Arc<Services>,
+    cfg: ConfigHandle,
+    pub outbox: Outbox,
+    shutdown: Shutdown,
+    heartbeats: Heartbeats,
+    /// One unit of the restart back-off (1 s; test builds shorten it so that the road to
+    /// `fatal` does not take four minutes).
+    backoff_unit: Duration,
+}
+
+impl Supervisor {
+    pub fn new(
+        cfg: ConfigHandle,
+        outbox: Outbox,
+        shutdown: Shutdown,
+        heartbeats: Heartbeats,
+        backoff_unit: Duration,
+    ) -> Self {
+        Supervisor {
+            services: Arc::default(),
+            cfg,
+            outbox,
+            shutdown,
+            heartbeats,
+            backoff_unit,
+        }
+    }
+
+    /// The current config.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.get()
+    }
 }
 
 impl Services {
@@ -203,17 +236,16 @@ pub struct ServiceInfo {
 }
 
 /// `<state_dir>/services/<name>/current` (the installed version, SPEC §8.3).
-pub fn current_link(agent: &Agent, name: &str) -> PathBuf {
-    agent
-        .cfg()
+pub fn current_link(sup: &Supervisor, name: &str) -> PathBuf {
+    sup.cfg()
         .state_dir
         .join("services")
         .join(name)
         .join("current")
 }
 
-fn version_of(agent: &Agent, cfg: &ServiceConfig) -> Option<String> {
-    let link = current_link(agent, &cfg.name);
+fn version_of(sup: &Supervisor, cfg: &ServiceConfig) -> Option<String> {
+    let link = current_link(sup, &cfg.name);
     if let Ok(target) = std::fs::read_link(&link) {
         if let Some(v) = target.file_name().and_then(|f| f.to_str()) {
             return Some(v.to_string());
@@ -222,26 +254,26 @@ fn version_of(agent: &Agent, cfg: &ServiceConfig) -> Option<String> {
     cfg.version.clone()
 }
 
-fn work_dir(agent: &Agent, cfg: &ServiceConfig) -> Option<PathBuf> {
-    let link = current_link(agent, &cfg.name);
+fn work_dir(sup: &Supervisor, cfg: &ServiceConfig) -> Option<PathBuf> {
+    let link = current_link(sup, &cfg.name);
     if link.is_dir() {
         return Some(link);
     }
     cfg.dir.as_ref().map(PathBuf::from)
 }
 
-fn entry_json(agent: &Agent, s: &Svc) -> Value {
+fn entry_json(sup: &Supervisor, s: &Svc) -> Value {
     json!({
         "name": s.cfg.name,
         "status": s.status.as_str(),
-        "version": version_of(agent, &s.cfg),
+        "version": version_of(sup, &s.cfg),
         "pid": s.pid,
         "restarts": s.restarts,
-        "last_heartbeat": agent.control.watchdog.last_seen(&s.cfg.name),
+        "last_heartbeat": sup.heartbeats.last_seen(&s.cfg.name),
     })
 }
 
-fn publish(agent: &Agent, s: &Svc) {
+fn publish(sup: &Supervisor, s: &Svc) {
     log::info!(
         "service {}: {} (pid {:?}, exit code {:?})",
         s.cfg.name,
@@ -249,27 +281,27 @@ fn publish(agent: &Agent, s: &Svc) {
         s.pid,
         s.exit_code
     );
-    agent.outbox.status_event(
+    sup.outbox.status_event(
         "SERVICE",
         json!({"name": s.cfg.name, "status": s.status.as_str(), "pid": s.pid, "exit_code": s.exit_code}),
     );
 }
 
-fn set_status(agent: &Agent, s: &mut Svc, st: Status) {
+fn set_status(sup: &Supervisor, s: &mut Svc, st: Status) {
     if s.status != st {
         s.status = st;
-        publish(agent, s);
+        publish(sup, s);
     }
 }
 
-fn apply_next(agent: &Agent, s: &mut Svc, next: Next, now: Instant) {
+fn apply_next(sup: &Supervisor, s: &mut Svc, next: Next, now: Instant) {
     match next {
         Next::Stopped => {
             s.next_start = None;
             s.status = Status::Stopped;
         }
         Next::Retry(units) => {
-            let d = backoff_unit() * units;
+            let d = sup.backoff_unit * units;
             log::info!("service {}: restart in {d:?}", s.cfg.name);
             s.next_start = Some(now + d);
             s.restarts += 1;
@@ -284,11 +316,11 @@ fn apply_next(agent: &Agent, s: &mut Svc, next: Next, now: Instant) {
             s.status = Status::Fatal;
         }
     }
-    publish(agent, s);
+    publish(sup, s);
 }
 
 /// Spawns `/bin/sh -c cmd` in its own process group. On failure the policy decides.
-fn spawn_svc(agent: &Agent, s: &mut Svc, now: Instant) -> Result<(), String> {
+fn spawn_svc(sup: &Supervisor, s: &mut Svc, now: Instant) -> Result<(), String> {
     s.next_start = None;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -296,7 +328,7 @@ fn spawn_svc(agent: &Agent, s: &mut Svc, now: Instant) -> Result<(), String> {
         .envs(&s.cfg.env)
         .stdin(Stdio::null())
         .process_group(0);
-    let dir = work_dir(agent, &s.cfg);
+    let dir = work_dir(sup, &s.cfg);
     if let Some(d) = &dir {
         cmd.current_dir(d);
     }
@@ -307,7 +339,7 @@ fn spawn_svc(agent: &Agent, s: &mut Svc, now: Instant) -> Result<(), String> {
             s.exit_code = None;
             s.policy.on_start(now);
             s.status = Status::Running;
-            publish(agent, s);
+            publish(sup, s);
             Ok(())
         }
         Err(e) => {
@@ -319,7 +351,7 @@ fn spawn_svc(agent: &Agent, s: &mut Svc, now: Instant) -> Result<(), String> {
             s.pid = None;
             s.exit_code = None;
             let next = s.policy.on_spawn_failed(now);
-            apply_next(agent, s, next, now);
+            apply_next(sup, s, next, now);
             Err(msg)
         }
     }
@@ -371,11 +403,11 @@ const POLL_IDLE: Duration = Duration::from_secs(1);
 
 /// One supervisor step at `now`: config changes, exits, due restarts. Returns how long the
 /// thread may sleep before the next step.
-pub fn tick(agent: &Agent, now: Instant) -> Duration {
-    let cfg = agent.cfg();
-    let services = &agent.control.services;
+pub fn tick(sup: &Supervisor, now: Instant) -> Duration {
+    let cfg = sup.cfg();
+    let services = &sup.services;
     let mut t = services.lock();
-    if t.shutdown || agent.stopping() {
+    if t.shutdown || sup.shutdown.is_set() {
         return POLL_IDLE;
     }
     // Config: new services, changed ones (applied at their next start), removed ones.
@@ -443,14 +475,14 @@ pub fn tick(agent: &Agent, now: Instant) -> Duration {
                         let _ = crate::platform::sys::kill_group(p, libc::SIGKILL);
                     }
                     let next = s.policy.on_exit(now, exit.code == Some(0), s.cfg.restart);
-                    apply_next(agent, s, next, now);
+                    apply_next(sup, s, next, now);
                 }
                 Ok(None) => {}
                 Err(e) => log::warn!("service {}: wait failed: {e}", s.cfg.name),
             }
         }
         if s.child.is_none() && !s.busy && s.next_start.is_some_and(|t| t <= now) {
-            let _ = spawn_svc(agent, s, now);
+            let _ = spawn_svc(sup, s, now);
         }
     }
     let mut wait = POLL_IDLE;
@@ -465,38 +497,32 @@ pub fn tick(agent: &Agent, now: Instant) -> Duration {
     wait.max(Duration::from_millis(10))
 }
 
-/// Starts the supervisor thread (services with `autostart` start on its first tick).
-pub fn spawn(agent: &Arc<Agent>) {
-    let a = Arc::clone(agent);
-    let r = std::thread::Builder::new()
-        .name("supervisor".into())
-        .spawn(move || {
-            log::info!(
-                "supervisor: {} service(s) configured",
-                a.cfg().services.len()
-            );
-            loop {
-                let wait = tick(&a, Instant::now());
-                if a.wait_stop(wait) {
-                    break;
-                }
+/// The body of the `supervisor` thread (services with `autostart` start on its first tick).
+pub fn run(sup: Supervisor) -> impl FnOnce() + Send + 'static {
+    move || {
+        log::info!(
+            "supervisor: {} service(s) configured",
+            sup.cfg().services.len()
+        );
+        loop {
+            let wait = tick(&sup, Instant::now());
+            if sup.shutdown.wait_timeout(wait) {
+                break;
             }
-            log::info!("supervisor: stopping (services are stopped by stop_all)");
-        });
-    if let Err(e) = r {
-        log::error!("cannot start the supervisor thread: {e}");
+        }
+        log::info!("supervisor: stopping (services are stopped by stop_all)");
     }
 }
 
 /// Every service as in healthz.
-pub fn entries(agent: &Agent) -> Vec<Value> {
-    let t = agent.control.services.lock();
-    t.svcs.iter().map(|s| entry_json(agent, s)).collect()
+pub fn entries(sup: &Supervisor) -> Vec<Value> {
+    let t = sup.services.lock();
+    t.svcs.iter().map(|s| entry_json(sup, s)).collect()
 }
 
 /// One service's state, for the update helper.
-pub fn info(agent: &Agent, name: &str) -> Option<ServiceInfo> {
-    let t = agent.control.services.lock();
+pub fn info(sup: &Supervisor, name: &str) -> Option<ServiceInfo> {
+    let t = sup.services.lock();
     t.svcs
         .iter()
         .find(|s| s.cfg.name == name)
@@ -504,14 +530,14 @@ pub fn info(agent: &Agent, name: &str) -> Option<ServiceInfo> {
             name: s.cfg.name.clone(),
             status: s.status,
             pid: s.pid,
-            version: version_of(agent, &s.cfg),
+            version: version_of(sup, &s.cfg),
             restarts: s.restarts,
         })
 }
 
 /// Marks a service `updating` (or back to its real state) for the update helper.
-pub fn set_updating(agent: &Agent, name: &str, on: bool) {
-    let mut t = agent.control.services.lock();
+pub fn set_updating(sup: &Supervisor, name: &str, on: bool) {
+    let mut t = sup.services.lock();
     if let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) {
         let st = if on {
             Status::Updating
@@ -520,25 +546,24 @@ pub fn set_updating(agent: &Agent, name: &str, on: bool) {
         } else {
             Status::Stopped
         };
-        set_status(agent, s, st);
+        set_status(sup, s, st);
     }
 }
 
 /// True when the configured service `name` heartbeats (SPEC §8.2).
-pub fn heartbeats(agent: &Agent, name: &str) -> bool {
-    agent
-        .cfg()
+pub fn heartbeats(sup: &Supervisor, name: &str) -> bool {
+    sup.cfg()
         .services
         .iter()
         .any(|s| s.name == name && s.heartbeat)
 }
 
-fn known(agent: &Agent, t: &mut Table, name: &str) -> Result<(), String> {
+fn known(sup: &Supervisor, t: &mut Table, name: &str) -> Result<(), String> {
     if t.svcs.iter().any(|s| s.cfg.name == name) {
         return Ok(());
     }
     // Configured but the supervisor has not picked it up yet (just after start or HUP).
-    match agent.cfg().services.iter().find(|c| c.name == name) {
+    match sup.cfg().services.iter().find(|c| c.name == name) {
         Some(c) => {
             t.svcs.push(Svc {
                 cfg: c.clone(),
@@ -558,12 +583,12 @@ fn known(agent: &Agent, t: &mut Table, name: &str) -> Result<(), String> {
 }
 
 /// Starts a service now (also out of `fatal`). Already running: its entry unchanged.
-pub fn start(agent: &Agent, name: &str) -> Result<Value, String> {
-    let mut t = agent.control.services.lock();
+pub fn start(sup: &Supervisor, name: &str) -> Result<Value, String> {
+    let mut t = sup.services.lock();
     if t.shutdown {
         return Err("socketman is stopping".into());
     }
-    known(agent, &mut t, name)?;
+    known(sup, &mut t, name)?;
     let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
         return Err(format!("no such service: {name}"));
     };
@@ -572,16 +597,16 @@ pub fn start(agent: &Agent, name: &str) -> Result<Value, String> {
     }
     if s.child.is_none() {
         s.policy.reset();
-        spawn_svc(agent, s, Instant::now())?;
+        spawn_svc(sup, s, Instant::now())?;
     }
-    Ok(entry_json(agent, s))
+    Ok(entry_json(sup, s))
 }
 
 /// Stops a service: TERM to its group, KILL after 10 s. It stays stopped until started.
-pub fn stop(agent: &Agent, name: &str) -> Result<Value, String> {
+pub fn stop(sup: &Supervisor, name: &str) -> Result<Value, String> {
     let (pid, child) = {
-        let mut t = agent.control.services.lock();
-        known(agent, &mut t, name)?;
+        let mut t = sup.services.lock();
+        known(sup, &mut t, name)?;
         let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
             return Err(format!("no such service: {name}"));
         };
@@ -595,15 +620,15 @@ pub fn stop(agent: &Agent, name: &str) -> Result<Value, String> {
                 (pid, child)
             }
             _ => {
-                set_status(agent, s, Status::Stopped);
-                return Ok(entry_json(agent, s));
+                set_status(sup, s, Status::Stopped);
+                return Ok(entry_json(sup, s));
             }
         }
     };
     log::info!("service {name}: stopping pid {pid}");
     let done = terminate(vec![(pid, child)], STOP_GRACE);
     let exit = done.first().and_then(|(_, e)| *e);
-    let mut t = agent.control.services.lock();
+    let mut t = sup.services.lock();
     let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
         return Err(format!("no such service: {name}"));
     };
@@ -612,38 +637,38 @@ pub fn stop(agent: &Agent, name: &str) -> Result<Value, String> {
     s.policy.started_at = None;
     s.exit_code = exit.and_then(|e| e.code);
     s.status = Status::Stopped;
-    publish(agent, s);
-    Ok(entry_json(agent, s))
+    publish(sup, s);
+    Ok(entry_json(sup, s))
 }
 
 /// Stop (when running) and start again; counted in `restarts`.
-pub fn restart(agent: &Agent, name: &str) -> Result<Value, String> {
-    stop(agent, name)?;
+pub fn restart(sup: &Supervisor, name: &str) -> Result<Value, String> {
+    stop(sup, name)?;
     {
-        let mut t = agent.control.services.lock();
+        let mut t = sup.services.lock();
         if let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) {
             s.restarts += 1;
         }
     }
-    start(agent, name)
+    start(sup, name)
 }
 
 /// Stops every service (TERM to all groups, KILL after 10 s) and starts none any more. For
 /// the clean stop of SPEC §10.
-pub fn stop_all(agent: &Agent) {
-    stop_all_within(agent, STOP_GRACE);
+pub fn stop_all(sup: &Supervisor) {
+    stop_all_within(sup, STOP_GRACE);
 }
 
 /// [`stop_all`] with the KILL coming by `deadline` at the latest (at least 1 s after TERM),
 /// so that the agent's own stop stays bounded.
-pub fn stop_all_by(agent: &Agent, deadline: Instant) {
+pub fn stop_all_by(sup: &Supervisor, deadline: Instant) {
     let left = deadline.saturating_duration_since(Instant::now());
-    stop_all_within(agent, left.clamp(Duration::from_secs(1), STOP_GRACE));
+    stop_all_within(sup, left.clamp(Duration::from_secs(1), STOP_GRACE));
 }
 
-fn stop_all_within(agent: &Agent, grace: Duration) {
+fn stop_all_within(sup: &Supervisor, grace: Duration) {
     let children: Vec<(i32, Child)> = {
-        let mut t = agent.control.services.lock();
+        let mut t = sup.services.lock();
         t.shutdown = true;
         t.svcs
             .iter_mut()
@@ -659,36 +684,74 @@ fn stop_all_within(agent: &Agent, grace: Duration) {
     }
     log::info!("stopping {} service(s)", children.len());
     let done = terminate(children, grace);
-    let mut t = agent.control.services.lock();
+    let mut t = sup.services.lock();
     for (pid, exit) in done {
         if let Some(s) = t.svcs.iter_mut().find(|s| s.pid == Some(pid)) {
             s.pid = None;
             s.exit_code = exit.and_then(|e| e.code);
             s.status = Status::Stopped;
-            publish(agent, s);
+            publish(sup, s);
         }
     }
 }
 
-/// Job types of this module.
-pub const TYPES: &[&str] = &[
-    "service.list",
-    "service.start",
-    "service.stop",
-    "service.restart",
-];
-
 /// Runs one `service.*` job.
-pub fn run(agent: &Arc<Agent>, ty: &str, args: &Value) -> Result<Value, String> {
+pub fn run_job(sup: &Supervisor, ty: &str, args: &Value) -> Result<Value, String> {
     if ty == "service.list" {
-        return Ok(json!({ "services": entries(agent) }));
+        return Ok(json!({ "services": entries(sup) }));
     }
     let name = crate::services::procs::arg_str(args, "name")?;
     match ty {
-        "service.start" => start(agent, name),
-        "service.stop" => stop(agent, name),
-        "service.restart" => restart(agent, name),
+        "service.start" => start(sup, name),
+        "service.stop" => stop(sup, name),
+        "service.restart" => restart(sup, name),
         other => Err(format!("unknown_type: {other}")),
+    }
+}
+
+impl crate::services::update::ServiceControl for Supervisor {
+    fn set_updating(&self, name: &str, updating: bool) {
+        set_updating(self, name, updating);
+    }
+    fn restart(&self, name: &str) -> Result<(), String> {
+        restart(self, name).map(|_| ())
+    }
+    fn observe(&self, name: &str) -> Option<crate::services::update::Observation> {
+        let i = info(self, name)?;
+        Some(crate::services::update::Observation {
+            running: i.status == Status::Running && i.pid.is_some(),
+            pid: i.pid.and_then(|p| u32::try_from(p).ok()),
+            restarts: i.restarts,
+            status: i.status.as_str().to_string(),
+            last_heartbeat: self.heartbeats.last_seen(name),
+        })
+    }
+}
+
+impl crate::jobs::typed::Services for Supervisor {
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, String> {
+        run_job(self, ty, args)
+    }
+
+    fn update(&self, args: &Value) -> Result<Value, crate::jobs::typed::Failure> {
+        let cfg = self.cfg();
+        crate::services::update::service_update(
+            &cfg,
+            self,
+            args,
+            &crate::services::update::Timing::default(),
+            &|d| self.shutdown.wait_timeout(d),
+        )
+        .map_err(|f| crate::jobs::typed::Failure {
+            error: f.error,
+            result: f.result,
+        })
+    }
+}
+
+impl crate::healthz::ServicesView for Supervisor {
+    fn service_entries(&self) -> Vec<Value> {
+        entries(self)
     }
 }
 
@@ -794,14 +857,20 @@ mod tests {
         assert_eq!(p.on_spawn_failed(t0 + s(10)), Next::Fatal);
     }
 
-    fn agent_with(services: Vec<ServiceConfig>, dir: &std::path::Path) -> Arc<Agent> {
+    fn agent_with(services: Vec<ServiceConfig>, dir: &std::path::Path) -> Supervisor {
         let cfg = crate::config::Config {
             services,
             state_dir: dir.join("state"),
             watchdog_port: 0,
             ..Default::default()
         };
-        Agent::new(cfg, dir.join("c.json"), None, "AA-BB-CC-DD-EE-FF".into())
+        Supervisor::new(
+            ConfigHandle::new(cfg, dir.join("c.json")),
+            Outbox::new(1),
+            Shutdown::new(),
+            Heartbeats::default(),
+            Duration::from_secs(1),
+        )
     }
 
     fn svc(name: &str, cmd: &str, restart: RestartPolicy) -> ServiceConfig {
@@ -817,9 +886,8 @@ mod tests {
         }
     }
 
-    fn events(agent: &Agent) -> Vec<Value> {
-        agent
-            .outbox
+    fn events(sup: &Supervisor) -> Vec<Value> {
+        sup.outbox
             .drain()
             .iter()
             .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
@@ -828,8 +896,8 @@ mod tests {
             .collect()
     }
 
-    fn status_of(agent: &Agent, name: &str) -> Status {
-        info(agent, name).unwrap().status
+    fn status_of(sup: &Supervisor, name: &str) -> Status {
+        info(sup, name).unwrap().status
     }
 
     #[test]
@@ -953,7 +1021,7 @@ mod tests {
         // HUP: "old" removed, "new" added.
         let mut cfg = (*a.cfg()).clone();
         cfg.services = vec![svc("new", "exec sleep 30", RestartPolicy::Always)];
-        a.set_config(cfg);
+        a.cfg.set(cfg);
         tick(&a, t0);
         assert!(info(&a, "old").is_none());
         let new_pid = info(&a, "new").unwrap().pid.unwrap();

@@ -957,39 +957,6 @@ pub fn service_update(
     }
 }
 
-/// The real supervisor (`src/supervisor.rs`) and heartbeat table (`src/watchdog.rs`).
-pub struct Supervised<'a>(pub &'a crate::agent::Agent);
-
-impl ServiceControl for Supervised<'_> {
-    fn set_updating(&self, name: &str, updating: bool) {
-        crate::services::supervisor::set_updating(self.0, name, updating);
-    }
-    fn restart(&self, name: &str) -> Result<(), String> {
-        crate::services::supervisor::restart(self.0, name).map(|_| ())
-    }
-    fn observe(&self, name: &str) -> Option<Observation> {
-        let i = crate::services::supervisor::info(self.0, name)?;
-        Some(Observation {
-            running: i.status == crate::services::supervisor::Status::Running && i.pid.is_some(),
-            pid: i.pid.and_then(|p| u32::try_from(p).ok()),
-            restarts: i.restarts,
-            status: i.status.as_str().to_string(),
-            last_heartbeat: self.0.control.watchdog.last_seen(name),
-        })
-    }
-}
-
-/// The `service.update` job (SPEC §4.4, §8.3) on a job worker.
-pub fn run(
-    agent: &std::sync::Arc<crate::agent::Agent>,
-    args: &Value,
-) -> Result<Value, UpdateFailure> {
-    let cfg = agent.cfg();
-    service_update(&cfg, &Supervised(agent), args, &Timing::default(), &|d| {
-        agent.wait_stop(d)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

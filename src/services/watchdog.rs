@@ -1,10 +1,12 @@
 //! The heartbeat watchdog (SPEC §8.2): UDP datagrams on `127.0.0.1:watchdog_port`, a table of
 //! heartbeating processes, KILL and restart of the silent ones, HEARTBEAT_LOST events.
 //!
-//! Threads: one `watchdog` thread ([`spawn`]) receives datagrams (1 s read timeout, so it
-//! sees the stop request), keeps the table in [`Shared`] (`agent.control.watchdog`, also read
-//! by healthz and the supervisor) and acts on expired entries. The timing is the pure
-//! [`Table`], driven with `Instant`s.
+//! Threads: one `watchdog` thread ([`start`]) receives datagrams, keeps the table in
+//! [`Heartbeats`] (also read by healthz and the supervisor) and acts on expired entries,
+//! restarting supervised services through the [`Supervisor`]. It blocks in `recv_from` with
+//! a 1 s read timeout (the expiry check's resolution); the stop wakes it at once with an
+//! empty datagram to its own socket. The timing is the pure
+//! [`crate::services::heartbeats::Table`], driven with `Instant`s.
 //!
 //! Timing: each beat gives its process `watchdog_timeout` seconds until the next one is due.
 //! After socketman restarted a process, the new one gets a first grace of the same length
@@ -12,219 +14,29 @@
 //! restart.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
+use crate::link::outbox::Outbox;
+use crate::runtime::{ConfigHandle, Shutdown, Threads};
+pub use crate::services::heartbeats::{parse, Beat, Heartbeats};
+use crate::services::supervisor::Supervisor;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// One parsed heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Beat {
-    pub process_name: String,
-    pub pid: i32,
-    pub run_command: Option<String>,
-    /// `"major.minor.patch"`.
-    pub version: Option<String>,
+/// What the `watchdog` thread is given.
+#[derive(Clone)]
+pub struct Watchdog {
+    pub cfg: ConfigHandle,
+    pub outbox: Outbox,
+    pub shutdown: Shutdown,
+    pub heartbeats: Heartbeats,
+    pub supervisor: Supervisor,
 }
 
-/// Parses a datagram in either SPEC form; `Err` says why it is malformed.
-pub fn parse(data: &[u8]) -> Result<Beat, String> {
-    let v: Value = serde_json::from_slice(data).map_err(|e| format!("not JSON: {e}"))?;
-    let o = v.as_object().ok_or("not a JSON object")?;
-    let pid_key = match o.get("command") {
-        None => "pid",
-        Some(Value::String(c)) if c == "heart_beat" => "pid_of_process",
-        Some(c) => return Err(format!("unknown command {c}")),
-    };
-    let name = o
-        .get("process_name")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or("missing or empty \"process_name\"")?;
-    let pid = o
-        .get(pid_key)
-        .and_then(Value::as_i64)
-        .filter(|p| *p > 1 && *p <= i64::from(i32::MAX))
-        .ok_or_else(|| format!("missing or invalid \"{pid_key}\""))? as i32;
-    let run_command = match o.get("run_command") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.trim().is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err("\"run_command\" is not a string".into()),
-    };
-    let version = match o.get("version") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(vo)) => {
-            let part = |k: &str| -> Result<u64, String> {
-                match vo.get(k) {
-                    None => Ok(0),
-                    Some(n) => n
-                        .as_u64()
-                        .ok_or_else(|| format!("\"version.{k}\" is not a number")),
-                }
-            };
-            Some(format!(
-                "{}.{}.{}",
-                part("major")?,
-                part("minor")?,
-                part("patch")?
-            ))
-        }
-        Some(_) => return Err("\"version\" is not an object".into()),
-    };
-    Ok(Beat {
-        process_name: name.to_string(),
-        pid,
-        run_command,
-        version,
-    })
-}
-
-/// One heartbeating process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub pid: i32,
-    pub run_command: Option<String>,
-    pub version: Option<String>,
-    /// Unix time of the last beat.
-    pub last_seen: u64,
-    pub restarts: u64,
-    /// Start time (clock ticks after boot) of `pid` when known: a KILL only goes to the same
-    /// process, never to one that got its pid later.
-    pub pid_start: Option<u64>,
-    /// When it is considered lost.
-    pub deadline: Instant,
-    /// It was lost and could not be restarted: nothing more until it beats again.
-    pub lost: bool,
-}
-
-/// The heartbeat table. Pure: every call takes `now`.
-#[derive(Debug, Clone, Default)]
-pub struct Table {
-    pub entries: BTreeMap<String, Entry>,
-}
-
-impl Table {
-    /// Records a beat at `now` (`unix`: the same moment as Unix time); `pid_start` is the
-    /// start time of the beat's pid, when it could be read.
-    pub fn beat(
-        &mut self,
-        b: Beat,
-        pid_start: Option<u64>,
-        timeout: Duration,
-        now: Instant,
-        unix: u64,
-    ) {
-        let deadline = now + timeout;
-        match self.entries.get_mut(&b.process_name) {
-            Some(e) => {
-                e.pid = b.pid;
-                e.pid_start = pid_start;
-                if b.run_command.is_some() {
-                    e.run_command = b.run_command;
-                }
-                if b.version.is_some() {
-                    e.version = b.version;
-                }
-                e.last_seen = unix;
-                e.deadline = deadline;
-                e.lost = false;
-            }
-            None => {
-                self.entries.insert(
-                    b.process_name,
-                    Entry {
-                        pid: b.pid,
-                        run_command: b.run_command,
-                        version: b.version,
-                        last_seen: unix,
-                        restarts: 0,
-                        pid_start,
-                        deadline,
-                        lost: false,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Names of the processes whose deadline has passed at `now`.
-    pub fn expired(&self, now: Instant) -> Vec<String> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| !e.lost && e.deadline <= now)
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    /// `name` was restarted at `now` as `new_pid` (`None`: could not be restarted). The new
-    /// process gets a grace of `timeout` plus the usual `timeout` for its first beat.
-    pub fn restarted(
-        &mut self,
-        name: &str,
-        new_pid: Option<i32>,
-        pid_start: Option<u64>,
-        timeout: Duration,
-        now: Instant,
-    ) {
-        if let Some(e) = self.entries.get_mut(name) {
-            match new_pid {
-                Some(p) => {
-                    e.pid = p;
-                    e.pid_start = pid_start;
-                    e.restarts += 1;
-                    e.deadline = now + timeout * 2;
-                }
-                None => e.lost = true,
-            }
-        }
-    }
-}
-
-/// The watchdog state shared with healthz and the supervisor.
-#[derive(Default)]
-pub struct Shared {
-    table: Mutex<Table>,
-    /// Malformed datagrams dropped so far. (Counters are `AtomicUsize`: 32-bit MIPS, the
-    /// usual OpenWrt CPU, has no `AtomicU64`.)
-    pub malformed: AtomicUsize,
-    /// Datagrams accepted so far.
-    pub beats: AtomicUsize,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Table> {
-        match self.table.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
-    /// Unix time of the last beat of `name`.
-    pub fn last_seen(&self, name: &str) -> Option<u64> {
-        self.lock().entries.get(name).map(|e| e.last_seen)
-    }
-
-    /// healthz `heartbeats` entries.
-    pub fn entries(&self) -> Vec<Value> {
-        self.lock()
-            .entries
-            .iter()
-            .map(|(n, e)| {
-                json!({"process_name": n, "pid": e.pid, "version": e.version,
-                       "last_seen": e.last_seen, "restarts": e.restarts})
-            })
-            .collect()
-    }
-}
-
-fn timeout_of(agent: &Agent) -> Duration {
-    Duration::from_secs(agent.cfg().watchdog_timeout.max(1))
+fn timeout_of(w: &Watchdog) -> Duration {
+    Duration::from_secs(w.cfg.get().watchdog_timeout.max(1))
 }
 
 /// Starts `/bin/sh -c cmd` in its own process group; a thread reaps it.
@@ -246,9 +58,9 @@ fn run_command(cmd: &str) -> Result<i32, String> {
 }
 
 /// Handles one lost process: KILL and restart (or restart through the supervisor).
-fn recover(agent: &Agent, name: &str) {
-    let timeout = timeout_of(agent);
-    let entry = match agent.control.watchdog.lock().entries.get(name) {
+fn recover(w: &Watchdog, name: &str) {
+    let timeout = timeout_of(w);
+    let entry = match w.heartbeats.lock().entries.get(name) {
         Some(e) => e.clone(),
         None => return,
     };
@@ -257,8 +69,8 @@ fn recover(agent: &Agent, name: &str) {
         "watchdog: {name} (pid {old}) silent for {}s, restarting",
         timeout.as_secs()
     );
-    let new_pid = if crate::services::supervisor::heartbeats(agent, name) {
-        match crate::services::supervisor::restart(agent, name) {
+    let new_pid = if crate::services::supervisor::heartbeats(&w.supervisor, name) {
+        match crate::services::supervisor::restart(&w.supervisor, name) {
             Ok(v) => v.get("pid").and_then(Value::as_i64).map(|p| p as i32),
             Err(e) => {
                 log::error!("watchdog: restart of service {name} failed: {e}");
@@ -295,20 +107,18 @@ fn recover(agent: &Agent, name: &str) {
             .ok()
             .map(|s| s.starttime)
     });
-    agent
-        .control
-        .watchdog
+    w.heartbeats
         .lock()
         .restarted(name, new_pid, new_start, timeout, Instant::now());
-    agent.outbox.status_event(
+    w.outbox.status_event(
         "HEARTBEAT_LOST",
         json!({"process_name": name, "pid": old, "restarted_pid": new_pid}),
     );
 }
 
-/// Starts the watchdog thread when `watchdog_port` is not 0.
-pub fn spawn(agent: &Arc<Agent>) {
-    let port = agent.cfg().watchdog_port;
+/// Starts the watchdog thread in `threads` when `watchdog_port` is not 0.
+pub fn start(w: Watchdog, threads: &mut Threads) {
+    let port = w.cfg.get().watchdog_port;
     if port == 0 {
         log::info!("watchdog: off (watchdog_port 0)");
         return;
@@ -324,42 +134,42 @@ pub fn spawn(agent: &Arc<Agent>) {
         log::error!("watchdog: cannot set a read timeout: {e}");
         return;
     }
+    // The stop wakes the receive with an empty datagram, which the loop does not parse.
+    if let Ok(me) = sock.local_addr() {
+        w.shutdown.on_trigger(move || {
+            if let Ok(s) = UdpSocket::bind("127.0.0.1:0") {
+                let _ = s.send_to(&[], me);
+            }
+        });
+    }
     log::info!("watchdog: listening on 127.0.0.1:{port}/udp");
-    let a = Arc::clone(agent);
-    let r = std::thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || serve(&a, &sock));
-    if let Err(e) = r {
+    if let Err(e) = threads.spawn("watchdog", move || serve(&w, &sock)) {
         log::error!("cannot start the watchdog thread: {e}");
     }
 }
 
-fn serve(agent: &Agent, sock: &UdpSocket) {
+fn serve(w: &Watchdog, sock: &UdpSocket) {
     let mut buf = [0u8; 2048];
-    while !agent.stopping() {
+    while !w.shutdown.is_set() {
         match sock.recv_from(&mut buf) {
+            Ok(_) if w.shutdown.is_set() => break,
             Ok((n, from)) => match parse(&buf[..n]) {
                 Ok(b) => {
                     log::debug!("watchdog: beat from {} pid {}", b.process_name, b.pid);
-                    agent.control.watchdog.beats.fetch_add(1, Ordering::Relaxed);
+                    w.heartbeats.beats.fetch_add(1, Ordering::Relaxed);
                     let start = crate::services::procs::read_stat(b.pid)
                         .ok()
                         .map(|s| s.starttime);
-                    agent.control.watchdog.lock().beat(
+                    w.heartbeats.lock().beat(
                         b,
                         start,
-                        timeout_of(agent),
+                        timeout_of(w),
                         Instant::now(),
                         crate::proto::now(),
                     );
                 }
                 Err(e) => {
-                    let c = agent
-                        .control
-                        .watchdog
-                        .malformed
-                        .fetch_add(1, Ordering::Relaxed)
-                        + 1;
+                    let c = w.heartbeats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
                     log::warn!(
                         "watchdog: malformed datagram from {from} dropped ({e}); {c} so far"
                     );
@@ -372,17 +182,17 @@ fn serve(agent: &Agent, sock: &UdpSocket) {
                 ) => {}
             Err(e) => {
                 log::warn!("watchdog: receive failed: {e}");
-                if agent.wait_stop(Duration::from_millis(500)) {
+                if w.shutdown.wait_timeout(Duration::from_millis(500)) {
                     break;
                 }
             }
         }
-        let expired = agent.control.watchdog.lock().expired(Instant::now());
+        let expired = w.heartbeats.lock().expired(Instant::now());
         for name in expired {
-            if agent.stopping() {
+            if w.shutdown.is_set() {
                 break;
             }
-            recover(agent, &name);
+            recover(w, &name);
         }
     }
     log::info!("watchdog: stopped");
@@ -391,15 +201,6 @@ fn serve(agent: &Agent, sock: &UdpSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn beat(name: &str, pid: i32) -> Beat {
-        Beat {
-            process_name: name.into(),
-            pid,
-            run_command: Some("true".into()),
-            version: None,
-        }
-    }
 
     #[test]
     fn silent_process_is_killed_and_restarted() {
@@ -415,8 +216,25 @@ mod tests {
             state_dir: d.path().join("state"),
             ..Default::default()
         };
-        let a = Agent::new(cfg, d.path().join("c.json"), None, "AA-BB".into());
-        spawn(&a);
+        let cfg = ConfigHandle::new(cfg, d.path().join("c.json"));
+        let outbox = Outbox::new(1);
+        let shutdown = Shutdown::new();
+        let heartbeats = Heartbeats::default();
+        let a = Watchdog {
+            supervisor: Supervisor::new(
+                cfg.clone(),
+                outbox.clone(),
+                shutdown.clone(),
+                heartbeats.clone(),
+                Duration::from_secs(1),
+            ),
+            cfg,
+            outbox,
+            shutdown,
+            heartbeats,
+        };
+        let mut threads = Threads::new();
+        start(a.clone(), &mut threads);
         let mut victim = Command::new("/bin/sleep").arg("30").spawn().unwrap();
         let marker = d.path().join("restarted");
         let hb = json!({"command":"heart_beat","process_name":"p","pid_of_process":victim.id(),
@@ -433,7 +251,7 @@ mod tests {
         }
         assert!(a.outbox.drain().is_empty());
         assert!(victim.try_wait().unwrap().is_none());
-        assert!(a.control.watchdog.malformed.load(Ordering::Relaxed) >= 5);
+        assert!(a.heartbeats.malformed.load(Ordering::Relaxed) >= 5);
         // Silence.
         let lost = loop {
             let m = a
@@ -459,136 +277,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(marker.exists());
-        let e = a.control.watchdog.entries();
+        let e = a.heartbeats.entries();
         assert_eq!(e[0]["version"], "1.2.3");
         assert_eq!(e[0]["restarts"], 1);
         assert_eq!(e[0]["pid"], new_pid);
-        a.request_stop();
+        a.shutdown.trigger();
+        assert!(
+            threads
+                .join_all(Instant::now() + Duration::from_secs(5))
+                .is_empty(),
+            "the stop wakes the watchdog thread"
+        );
         crate::platform::sys::kill_group(new_pid, libc::SIGKILL).unwrap();
-    }
-
-    #[test]
-    fn both_forms() {
-        let a = parse(br#"{"process_name":"ocr","pid":444,"run_command":"python3 x.py","version":{"major":1,"minor":0,"patch":2}}"#).unwrap();
-        assert_eq!(
-            a,
-            Beat {
-                process_name: "ocr".into(),
-                pid: 444,
-                run_command: Some("python3 x.py".into()),
-                version: Some("1.0.2".into())
-            }
-        );
-        let b = parse(br#"{"command":"heart_beat","process_name":"ocr","pid_of_process":445,"run_command":"x","version":{"major":2,"minor":10,"patch":0}}"#).unwrap();
-        assert_eq!(b.pid, 445);
-        assert_eq!(b.version.as_deref(), Some("2.10.0"));
-        let c = parse(br#"{"process_name":"p","pid":9}"#).unwrap();
-        assert_eq!((c.run_command, c.version), (None, None));
-    }
-
-    #[test]
-    fn malformed() {
-        for d in [
-            &b"garbage"[..],
-            b"[1,2]",
-            b"{}",
-            br#"{"process_name":"x"}"#,
-            br#"{"process_name":"","pid":5}"#,
-            br#"{"process_name":"x","pid":"5"}"#,
-            br#"{"process_name":"x","pid":1}"#,
-            br#"{"process_name":"x","pid":-3}"#,
-            br#"{"command":"heart_beat","process_name":"x","pid":5}"#,
-            br#"{"command":"reboot","process_name":"x","pid":5}"#,
-            br#"{"process_name":"x","pid":5,"version":"1.0"}"#,
-            br#"{"process_name":"x","pid":5,"version":{"major":"1"}}"#,
-            br#"{"process_name":"x","pid":5,"run_command":3}"#,
-            b"\xff\xfe",
-        ] {
-            assert!(parse(d).is_err(), "{}", String::from_utf8_lossy(d));
-        }
-    }
-
-    #[test]
-    fn silence_expires_after_timeout() {
-        let t0 = Instant::now();
-        let to = Duration::from_secs(10);
-        let mut t = Table::default();
-        t.beat(beat("a", 100), None, to, t0, 1000);
-        assert!(t.expired(t0 + Duration::from_secs(9)).is_empty());
-        t.beat(beat("a", 100), None, to, t0 + Duration::from_secs(9), 1009);
-        assert!(t.expired(t0 + Duration::from_secs(18)).is_empty());
-        assert_eq!(
-            t.expired(t0 + Duration::from_secs(19)),
-            vec!["a".to_string()]
-        );
-        assert_eq!(t.entries["a"].last_seen, 1009);
-    }
-
-    #[test]
-    fn restarted_process_gets_a_grace() {
-        let t0 = Instant::now();
-        let to = Duration::from_secs(10);
-        let mut t = Table::default();
-        t.beat(beat("a", 100), None, to, t0, 1000);
-        let lost = t0 + Duration::from_secs(10);
-        assert_eq!(t.expired(lost).len(), 1);
-        t.restarted("a", Some(200), None, to, lost);
-        assert_eq!(t.entries["a"].restarts, 1);
-        assert_eq!(t.entries["a"].pid, 200);
-        assert!(t.expired(lost + Duration::from_secs(19)).is_empty());
-        assert_eq!(t.expired(lost + Duration::from_secs(20)).len(), 1);
-        // A beat of the new process puts it back on the normal schedule.
-        t.beat(
-            beat("a", 200),
-            None,
-            to,
-            lost + Duration::from_secs(5),
-            1015,
-        );
-        assert!(t.expired(lost + Duration::from_secs(14)).is_empty());
-        assert_eq!(t.expired(lost + Duration::from_secs(15)).len(), 1);
-    }
-
-    #[test]
-    fn unrestartable_is_not_retried_until_it_beats() {
-        let t0 = Instant::now();
-        let to = Duration::from_secs(1);
-        let mut t = Table::default();
-        t.beat(beat("a", 100), None, to, t0, 1000);
-        t.restarted("a", None, None, to, t0 + to);
-        assert!(t.expired(t0 + Duration::from_secs(100)).is_empty());
-        t.beat(
-            beat("a", 101),
-            None,
-            to,
-            t0 + Duration::from_secs(100),
-            1100,
-        );
-        assert_eq!(t.expired(t0 + Duration::from_secs(101)).len(), 1);
-    }
-
-    #[test]
-    fn beats_keep_the_last_known_version_and_command() {
-        let t0 = Instant::now();
-        let to = Duration::from_secs(1);
-        let mut t = Table::default();
-        let mut b = beat("a", 100);
-        b.version = Some("1.2.3".into());
-        t.beat(b, None, to, t0, 1);
-        t.beat(
-            Beat {
-                process_name: "a".into(),
-                pid: 100,
-                run_command: None,
-                version: None,
-            },
-            Some(7),
-            to,
-            t0,
-            2,
-        );
-        assert_eq!(t.entries["a"].version.as_deref(), Some("1.2.3"));
-        assert_eq!(t.entries["a"].pid_start, Some(7));
-        assert_eq!(t.entries["a"].run_command.as_deref(), Some("true"));
     }
 }

@@ -1,12 +1,15 @@
-//! Stats upload (SPEC §5) and the shared stats handle [`Stats`] (`Agent::stats`).
+//! Stats upload (SPEC §5) and the shared stats handle [`Stats`] (spool + upload trigger),
+//! created by the agent and given to the collector, the uploader, healthz and the USR1
+//! handler.
 //!
-//! Thread `stats-upload`: every `heartbeat` seconds, and at once when [`upload_now`] is called
-//! (USR1, SPEC §10), it sends the spooled records oldest first in batches of ≤ 1 MiB before
+//! Thread `stats-upload` ([`uploader`]): every `heartbeat` seconds, and at once when
+//! [`Stats::trigger`] is called (USR1, SPEC §10), it sends the spooled records oldest first in batches of ≤ 1 MiB before
 //! compression: `POST <stats_url>?access_token=<token>&mac=<MAC>`, `multipart/form-data` with
 //! one file field `data` (`data.gz`, `application/gzip`) holding the gzip of the NDJSON lines.
 //! - 2xx: the batch is deleted from the spool.
-//! - 401: the batch is kept, the cycle stops, and the hook set with [`set_on_unauthorized`]
-//!   is called; `collect::spawn` installs `provision::reprovision` there (SPEC §7, with `-b`).
+//! - 401: the batch is kept, the cycle stops, and the hook set with
+//!   [`Stats::set_on_unauthorized`] is called; the agent installs re-provisioning there
+//!   (SPEC §7, with `-b`).
 //! - anything else, or no answer within 15 s: the same batch goes to `backup_stats_url` (if
 //!   set); if that fails too the records stay and the cycle stops until the next period.
 //!
@@ -19,13 +22,13 @@
 //! period) and `SOCKETMAN_HTTP_TIMEOUT_MS` (HTTP timeout instead of 15 s). Not for production.
 #![forbid(unsafe_code)]
 
-use crate::agent::Agent;
 use crate::config::Config;
+use crate::runtime::{ConfigHandle, Shutdown, Timings};
 use crate::stats::spool::{Spool, SpoolStats, BATCH_MAX};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde_json::Value;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,22 +41,46 @@ pub struct Stats {
     cache_dir: Mutex<(PathBuf, u64)>,
     trigger: (Mutex<bool>, Condvar),
     on_unauthorized: Mutex<Option<Hook>>,
-    collector: Mutex<Option<std::thread::JoinHandle<()>>>,
+    shutdown: Shutdown,
+}
+
+/// What the collector and the uploader are given.
+#[derive(Clone)]
+pub struct StatsCtx {
+    pub stats: Arc<Stats>,
+    pub cfg: ConfigHandle,
+    pub mac: String,
+    pub shutdown: Shutdown,
+    pub timings: Timings,
+}
+
+impl StatsCtx {
+    /// The current config.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.get()
+    }
 }
 
 impl Stats {
     /// Opens the spool in `cfg.cache_dir`. If it cannot be opened now, that is logged and
-    /// retried on every use.
-    pub fn open(cfg: &Config) -> Arc<Stats> {
-        let s = Stats {
+    /// retried on every use. The stop token wakes the uploader's wait.
+    pub fn open(cfg: &Config, shutdown: &Shutdown) -> Arc<Stats> {
+        let s = Arc::new(Stats {
             spool: Mutex::new(None),
             cache_dir: Mutex::new((cfg.cache_dir.clone(), cfg.cache_max_bytes)),
             trigger: (Mutex::new(false), Condvar::new()),
             on_unauthorized: Mutex::new(None),
-            collector: Mutex::new(None),
-        };
+            shutdown: shutdown.clone(),
+        });
         drop(s.spool());
-        Arc::new(s)
+        let weak = Arc::downgrade(&s);
+        shutdown.on_trigger(move || {
+            if let Some(s) = weak.upgrade() {
+                let _g = crate::runtime::lock(&s.trigger.0);
+                s.trigger.1.notify_all();
+            }
+        });
+        s
     }
 
     /// The spool, opened on first use; `None` while `cache_dir` is unusable.
@@ -96,28 +123,6 @@ impl Stats {
         self.spool().as_ref().map_or(0, Spool::dropped)
     }
 
-    /// Keeps the collector thread's handle for [`Stats::join_collector`].
-    pub fn set_collector(&self, h: std::thread::JoinHandle<()>) {
-        if let Ok(mut g) = self.collector.lock() {
-            *g = Some(h);
-        }
-    }
-
-    /// Waits until the collector thread has ended, at most until `deadline`.
-    pub fn join_collector(&self, deadline: Instant) {
-        let h = self.collector.lock().ok().and_then(|mut g| g.take());
-        if let Some(h) = h {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            } else {
-                log::warn!("stats: the collector is still busy at the stop deadline");
-            }
-        }
-    }
-
     /// Wakes the uploader now.
     pub fn trigger(&self) {
         if let Ok(mut g) = self.trigger.0.lock() {
@@ -127,13 +132,11 @@ impl Stats {
     }
 
     /// Waits up to `d` for a trigger; `false` when the agent is stopping.
-    fn wait_trigger(&self, agent: &Agent, d: Duration) -> bool {
+    fn wait_trigger(&self, d: Duration) -> bool {
         let deadline = Instant::now() + d;
-        let Ok(mut g) = self.trigger.0.lock() else {
-            return !agent.wait_stop(d);
-        };
+        let mut g = crate::runtime::lock(&self.trigger.0);
         loop {
-            if agent.stopping() {
+            if self.shutdown.is_set() {
                 return false;
             }
             if *g {
@@ -144,13 +147,18 @@ impl Stats {
             if now >= deadline {
                 return true;
             }
-            // The agent's stop does not notify this condvar: look at it once a second.
-            let step = (deadline - now).min(Duration::from_secs(1));
-            g = match self.trigger.1.wait_timeout(g, step) {
+            g = match self.trigger.1.wait_timeout(g, deadline - now) {
                 Ok((g, _)) => g,
-                Err(_) => return !agent.wait_stop(deadline - now),
+                Err(p) => p.into_inner().0,
             };
         }
+    }
+
+    /// Sets what runs when the stats API answers 401 (SPEC §5, §7): the agent installs its
+    /// re-provision trigger here. Called on the uploader thread (or the collector's in
+    /// `no-cache` mode) at most once per upload attempt.
+    pub fn set_on_unauthorized(&self, f: impl Fn() + Send + Sync + 'static) {
+        *crate::runtime::lock(&self.on_unauthorized) = Some(Box::new(f));
     }
 
     fn unauthorized(&self) {
@@ -165,38 +173,11 @@ impl Stats {
     }
 }
 
-/// The agent's stats handle, created on first use.
-pub fn handle(agent: &Agent) -> Arc<Stats> {
-    agent
-        .stats
-        .get_or_init(|| Stats::open(&agent.cfg()))
-        .clone()
-}
-
-/// Sets what runs when the stats API answers 401 (SPEC §5, §7): the provisioning code
-/// installs its re-provision trigger here. Called on the uploader thread (or the collector's
-/// in `no-cache` mode) at most once per upload attempt; it should only signal, not block.
-pub fn set_on_unauthorized(agent: &Agent, f: impl Fn() + Send + Sync + 'static) {
-    let s = handle(agent);
-    let mut g = match s.on_unauthorized.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    *g = Some(Box::new(f));
-}
-
-/// USR1 (SPEC §10): send the cached stats now.
-pub fn upload_now(agent: &Agent) {
-    log::info!("stats: upload requested");
-    handle(agent).trigger();
-}
-
 /// Before a reboot or stop: waits for an append in progress, then syncs the cache files and
 /// directory. Every record is already synced when appended; this only closes the window of
 /// the record being written. When `cache_dir` is on tmpfs (`/tmp` on OpenWrt) the records are
 /// also copied to `state_dir` ([`crate::stats::spool::rescue`]) and put back at the next start.
-pub fn flush(agent: &Agent) {
-    let s = handle(agent);
+pub fn flush(s: &Stats, cfg: &Config) {
     let mut g = s.spool();
     match g.as_mut().map(|sp| sp.sync()) {
         Some(Ok(st)) => log::info!(
@@ -207,7 +188,7 @@ pub fn flush(agent: &Agent) {
         Some(Err(e)) => log::error!("stats cache flush: {e}"),
         None => {}
     }
-    let cfg = agent.cfg();
+    drop(g);
     match crate::stats::spool::rescue(&cfg.cache_dir, &cfg.state_dir) {
         Ok(0) => {}
         Ok(n) => log::info!(
@@ -222,23 +203,6 @@ pub fn flush(agent: &Agent) {
             cfg.state_dir.display()
         ),
     }
-}
-
-/// `{records, bytes, dropped}` for healthz.
-pub fn cache_stats(agent: &Agent) -> SpoolStats {
-    handle(agent).cache_stats()
-}
-
-/// The HTTP timeout: 15 s (SPEC §5), or `SOCKETMAN_HTTP_TIMEOUT_MS` (tests only).
-pub fn http_timeout() -> Duration {
-    crate::stats::collect::test_override_ms("SOCKETMAN_HTTP_TIMEOUT_MS")
-        .unwrap_or(crate::http::API_TIMEOUT)
-}
-
-/// The upload period: `heartbeat` seconds, or `SOCKETMAN_TEST_HEARTBEAT_MS` (tests only).
-pub fn heartbeat_period(cfg: &Config) -> Duration {
-    crate::stats::collect::test_override_ms("SOCKETMAN_TEST_HEARTBEAT_MS")
-        .unwrap_or_else(|| Duration::from_secs(cfg.heartbeat.max(1)))
 }
 
 /// Why a POST did not deliver.
@@ -420,14 +384,15 @@ fn send_with_backup(
 
 /// Stores a freshly collected record that carries `device.dropped = dropped`: appended to the
 /// spool, or with `no-cache` POSTed as JSON at once (spooled when that fails).
-pub fn store(agent: &Agent, stats: &Stats, cfg: &Config, record: Value, dropped: u64) {
+pub fn store(ctx: &StatsCtx, cfg: &Config, record: Value, dropped: u64) {
+    let stats = &ctx.stats;
     if cfg.no_cache && cfg.stats_url.is_some() {
         let body = record.to_string();
-        let http = crate::http::agent(cfg, http_timeout());
+        let http = crate::http::agent(cfg, ctx.timings.http_timeout);
         match send_with_backup(
             &http,
             cfg,
-            &agent.mac,
+            &ctx.mac,
             "application/json",
             body.as_bytes(),
             "record",
@@ -467,15 +432,16 @@ fn release(stats: &Stats) {
 
 /// Sends every cached batch, oldest first, until the cache is empty or a send fails.
 /// Returns the number of records delivered.
-pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
+pub fn upload_cycle(ctx: &StatsCtx, cfg: &Config) -> usize {
+    let stats = &ctx.stats;
     if !matches!(cfg.stats_url.as_deref(), Some(u) if !u.is_empty()) {
         log::debug!("stats: no stats_url; records stay cached");
         return 0;
     }
     // One client per cycle: connections are reused between batches.
-    let http = crate::http::agent(cfg, http_timeout());
+    let http = crate::http::agent(cfg, ctx.timings.http_timeout);
     let mut delivered = 0;
-    while !agent.stopping() {
+    while !ctx.shutdown.is_set() {
         let batch = match stats.spool().as_mut().map(|s| s.next_batch(BATCH_MAX)) {
             Some(Ok(Some(b))) => b,
             Some(Ok(None)) | None => break,
@@ -493,7 +459,7 @@ pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
                 batch.body.len(),
                 gz.len()
             );
-            match send_with_backup(&http, cfg, &agent.mac, &ct, &body, &what) {
+            match send_with_backup(&http, cfg, &ctx.mac, &ct, &body, &what) {
                 Sent::Ok => log::info!("stats: sent {what}"),
                 Sent::Unauthorized => {
                     release(stats);
@@ -518,27 +484,22 @@ pub fn upload_cycle(agent: &Agent, stats: &Stats, cfg: &Config) -> usize {
     delivered
 }
 
-/// Starts the `stats-upload` thread; with `backlog` the first upload runs at once.
-pub fn spawn(agent: &Arc<Agent>, backlog: bool) -> io::Result<()> {
-    let a = agent.clone();
-    let stats = handle(agent);
-    std::thread::Builder::new()
-        .name("stats-upload".into())
-        .spawn(move || {
-            log::info!("stats: uploader started");
-            let mut wait = !backlog;
-            loop {
-                let cfg = a.cfg();
-                stats.apply_config(&cfg);
-                if wait && !stats.wait_trigger(&a, heartbeat_period(&cfg)) {
-                    break;
-                }
-                wait = true;
-                upload_cycle(&a, &stats, &a.cfg());
+/// The body of the `stats-upload` thread; with `backlog` the first upload runs at once.
+pub fn uploader(ctx: StatsCtx, backlog: bool) -> impl FnOnce() + Send + 'static {
+    move || {
+        log::info!("stats: uploader started");
+        let mut wait = !backlog;
+        loop {
+            let cfg = ctx.cfg();
+            ctx.stats.apply_config(&cfg);
+            if wait && !ctx.stats.wait_trigger(ctx.timings.heartbeat_period(&cfg)) {
+                break;
             }
-            log::info!("stats: uploader stopped");
-        })?;
-    Ok(())
+            wait = true;
+            upload_cycle(&ctx, &ctx.cfg());
+        }
+        log::info!("stats: uploader stopped");
+    }
 }
 
 /// The integration tests' HTTP server and upload decoding, reused by the unit tests below.
@@ -560,7 +521,7 @@ mod tests {
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn setup(urls: (&str, Option<&str>)) -> (tempfile::TempDir, Arc<Agent>, Arc<Stats>) {
+    fn setup(urls: (&str, Option<&str>)) -> (tempfile::TempDir, StatsCtx, Arc<Stats>) {
         let d = tempfile::tempdir().unwrap();
         let cfg = Config {
             stats_url: Some(urls.0.to_string()),
@@ -569,20 +530,22 @@ mod tests {
             cache_dir: d.path().join("cache"),
             ..Config::default()
         };
-        let agent = Agent::new(
-            cfg,
-            d.path().join("c.json"),
-            None,
-            "AA-BB-CC-00-11-22".into(),
-        );
-        let stats = handle(&agent);
-        (d, agent, stats)
+        let shutdown = Shutdown::new();
+        let stats = Stats::open(&cfg, &shutdown);
+        let ctx = StatsCtx {
+            stats: stats.clone(),
+            cfg: ConfigHandle::new(cfg, d.path().join("c.json")),
+            mac: "AA-BB-CC-00-11-22".into(),
+            shutdown,
+            timings: Timings::default(),
+        };
+        (d, ctx, stats)
     }
 
-    fn add(agent: &Agent, stats: &Stats, from: u64, n: u64) {
+    fn add(agent: &StatsCtx, _stats: &Stats, from: u64, n: u64) {
         for i in from..from + n {
             let r = json!({"created_at": 1_700_000_000 + i, "seq": i, "device": {"pad": "y".repeat(1500)}});
-            store(agent, stats, &agent.cfg(), r, 0);
+            store(agent, &agent.cfg(), r, 0);
         }
     }
 
@@ -609,7 +572,7 @@ mod tests {
         let srv = HttpServer::start(|_| Some((200, "{}".into())));
         let (_d, agent, stats) = setup((&srv.url("/v1/stats"), None));
         add(&agent, &stats, 0, 3);
-        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 3);
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 3);
         let reqs = srv.requests();
         assert_eq!(reqs.len(), 1);
         let r = &reqs[0];
@@ -635,18 +598,14 @@ mod tests {
         let (_d, agent, stats) = setup((&srv.url("/s"), Some(&dead)));
         for cycle in 0..4 {
             add(&agent, &stats, cycle * 5, 5);
-            assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 0);
+            assert_eq!(upload_cycle(&agent, &agent.cfg()), 0);
         }
         assert_eq!(stats.cache_stats().records, 20);
         srv.set_handler(|_| Some((200, "{\"cmd\":\"reboot\"}".into())));
-        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 20);
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 20);
         let ok: Vec<_> = srv.requests().into_iter().skip(4).collect();
         assert_eq!(seqs(&ok), (0..20).collect::<Vec<_>>());
-        assert_eq!(
-            upload_cycle(&agent, &stats, &agent.cfg()),
-            0,
-            "nothing sent twice"
-        );
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 0, "nothing sent twice");
     }
 
     #[test]
@@ -656,18 +615,18 @@ mod tests {
         api.set_handler(|_| Some((503, "{}".into())));
         let (_d, agent, stats) = setup((&api.url("/s"), Some(&backup.url("/b"))));
         add(&agent, &stats, 0, 2);
-        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 2);
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 2);
         assert_eq!(seqs(&backup.requests()), vec![0, 1]);
         assert_eq!(backup.requests()[0].query()["mac"], "AA-BB-CC-00-11-22");
 
         api.set_handler(|_| Some((401, "{}".into())));
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        set_on_unauthorized(&agent, move || {
+        agent.stats.set_on_unauthorized(move || {
             c.fetch_add(1, Ordering::SeqCst);
         });
         add(&agent, &stats, 2, 2);
-        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 0);
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 0);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(
             backup.requests().len(),
@@ -676,19 +635,19 @@ mod tests {
         );
         assert_eq!(stats.cache_stats().records, 2);
         api.set_handler(|_| Some((200, "{}".into())));
-        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 2);
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 2);
     }
 
     #[test]
     fn refused_and_silent_servers_keep_records() {
-        std::env::set_var("SOCKETMAN_HTTP_TIMEOUT_MS", "1500");
         let silent = HttpServer::start(|_| Some((200, "{}".into())));
         silent.set_handler(|_| None);
         let dead = dead_url();
-        let (_d, agent, stats) = setup((&dead, Some(&silent.url("/b"))));
+        let (_d, mut agent, stats) = setup((&dead, Some(&silent.url("/b"))));
+        agent.timings.http_timeout = Duration::from_millis(1500);
         add(&agent, &stats, 0, 3);
         let t = Instant::now();
-        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 0);
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 0);
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         assert_eq!(silent.requests().len(), 1);
         assert_eq!(stats.cache_stats().records, 3);
@@ -700,22 +659,22 @@ mod tests {
         let (_d, agent, stats) = setup((&srv.url("/s"), None));
         let mut cfg = (*agent.cfg()).clone();
         cfg.no_cache = true;
-        agent.set_config(cfg);
-        store(&agent, &stats, &agent.cfg(), json!({"seq": 1}), 0);
+        agent.cfg.set(cfg);
+        store(&agent, &agent.cfg(), json!({"seq": 1}), 0);
         let r = &srv.requests()[0];
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(r.query()["access_token"], "tok&en");
         assert_eq!(recs(r)[0]["seq"], 1);
         assert_eq!(stats.cache_stats().records, 0);
         srv.set_handler(|_| Some((500, "{}".into())));
-        store(&agent, &stats, &agent.cfg(), json!({"seq": 2}), 0);
+        store(&agent, &agent.cfg(), json!({"seq": 2}), 0);
         assert_eq!(
             stats.cache_stats().records,
             1,
             "failed record joins the cache"
         );
         srv.set_handler(|_| Some((200, "{}".into())));
-        assert_eq!(upload_cycle(&agent, &stats, &agent.cfg()), 1);
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 1);
         assert_eq!(seqs(&srv.requests()[2..]), vec![2]);
     }
 
@@ -735,7 +694,7 @@ mod tests {
         let mut cfg = (*agent.cfg()).clone();
         cfg.cache_max_bytes = 100_000_000;
         stats.apply_config(&cfg);
-        assert_eq!(upload_cycle(&agent, &stats, &cfg), 5760);
+        assert_eq!(upload_cycle(&agent, &cfg), 5760);
         let reqs = srv.requests();
         assert!(reqs.len() >= 8, "{}", reqs.len());
         for r in &reqs {

@@ -2,7 +2,7 @@
 //! §4.4) with the real `socketman` binary, a real mosquitto, real TCP listeners as health
 //! targets, real shell scripts as `network_restart_cmd`/`reboot_cmd`, and a real HTTP server.
 //!
-//! Safety: every agent here runs with `SOCKETMAN_NO_FORCE_REBOOT=1` (set by the harness; the
+//! Safety: every agent here runs with `SOCKETMAN_TEST_NO_FORCE_REBOOT=1` (set by the harness; the
 //! forced reboot(2) is skipped) and with `network_restart_cmd`/`reboot_cmd` replaced by
 //! recording scripts, so no test can reboot or reconfigure the machine it runs on.
 //! Test-only knobs used: `SOCKETMAN_TEST_MONITOR_MS` (check period),

@@ -5,7 +5,7 @@
 //! `no-cache`, USR1, the `stats` job and `--collect-once`.
 //!
 //! Periods are shortened with the test-only variables `SOCKETMAN_TEST_MONITOR_MS`,
-//! `SOCKETMAN_TEST_HEARTBEAT_MS` and `SOCKETMAN_HTTP_TIMEOUT_MS` (see `src/collect/mod.rs`,
+//! `SOCKETMAN_TEST_HEARTBEAT_MS` and `SOCKETMAN_TEST_HTTP_TIMEOUT_MS` (see `src/collect/mod.rs`,
 //! `src/upload.rs`).
 //!
 //! "Exactly once" is checked by counting: the agent logs one `stats: record cached` line per
@@ -136,7 +136,7 @@ fn prepare(b: &Broker, stats_url: &str, edit: impl FnOnce(&mut Value)) -> Agent 
     a.env
         .push(("SOCKETMAN_TEST_HEARTBEAT_MS".into(), "500".into()));
     a.env
-        .push(("SOCKETMAN_HTTP_TIMEOUT_MS".into(), "1000".into()));
+        .push(("SOCKETMAN_TEST_HTTP_TIMEOUT_MS".into(), "1000".into()));
     a
 }
 

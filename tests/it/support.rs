@@ -409,7 +409,7 @@ impl Agent {
         cmd.arg(format!("--config={}", self.config_path.display()))
             .args(&self.extra_args)
             .env("DEBUG", "1")
-            .env("SOCKETMAN_NO_FORCE_REBOOT", "1")
+            .env("SOCKETMAN_TEST_NO_FORCE_REBOOT", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -1,16 +1,15 @@
 //! Stats records (SPEC §5): [`collect`] builds one record from the sources in this folder;
-//! [`spawn`] starts the collector thread (`stats-collect`: one record right after start, then
-//! every `monitor` seconds, appended to the spool or, with `no-cache`, POSTed at once) and the
-//! uploader thread ([`crate::upload`]). Shares the [`crate::stats::upload::Stats`] handle (spool +
-//! upload trigger) through `Agent::stats`.
+//! [`collector`] is the body of the `stats-collect` thread (one record right after start,
+//! then every `monitor` seconds, appended to the spool or, with `no-cache`, POSTed at once).
+//! It shares the [`crate::stats::upload::Stats`] handle (spool + upload trigger) with the
+//! uploader and reads the monitor's [`NetStatus`] watch.
 //!
 //! `device.connected` is the number of associated wireless stations in the same record
 //! (`stations.len()`), 0 without wireless. `device.status` is the monitor's CODE (SPEC §6)
 //! when known; until the monitor has run, the route part only: 1 with a default route, else 0.
 //!
-//! Test-only: the environment variable `SOCKETMAN_TEST_MONITOR_MS` overrides the collection
-//! period in milliseconds (the config clamps `monitor` to ≥ 15 s). It is read here only and is
-//! not meant for production use.
+//! The collection period comes from [`crate::runtime::Timings`] (test builds shorten it; the
+//! config clamps `monitor` to ≥ 15 s).
 #![forbid(unsafe_code)]
 
 pub mod dhcp;
@@ -19,13 +18,13 @@ pub mod system;
 pub mod wan;
 pub mod wireless;
 
-use crate::agent::{Agent, NetStatus};
 use crate::config::Config;
+use crate::net::NetStatus;
+use crate::runtime::Watch;
+use crate::stats::upload::StatsCtx;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Builds one record of the live system (`root` is `/` on a device).
 pub fn collect(cfg: &Config, mac: &str, net: &NetStatus, dropped: u64, root: &Path) -> Value {
@@ -105,91 +104,38 @@ pub fn collect_once(cfg: &Config) -> String {
 
 /// The `stats` job (SPEC §4.4): a fresh record (not spooled). `dropped` is what the spool
 /// would report next, without resetting it.
-pub fn job_record(agent: &Agent) -> Value {
-    let net = agent.net.lock().map(|n| n.clone()).unwrap_or_default();
-    let dropped = agent.stats.get().map(|s| s.dropped()).unwrap_or(0);
-    collect(&agent.cfg(), &agent.mac, &net, dropped, Path::new("/"))
+pub fn job_record(ctx: &StatsCtx, net: &Watch<NetStatus>) -> Value {
+    collect(
+        &ctx.cfg(),
+        &ctx.mac,
+        &net.get(),
+        ctx.stats.dropped(),
+        Path::new("/"),
+    )
 }
 
-/// The collection period: `monitor` seconds, or `SOCKETMAN_TEST_MONITOR_MS` (tests only).
-pub fn monitor_period(cfg: &Config) -> Duration {
-    test_override_ms("SOCKETMAN_TEST_MONITOR_MS")
-        .unwrap_or_else(|| Duration::from_secs(cfg.monitor.max(1)))
-}
-
-/// A test-only duration override: the environment variable `var` in milliseconds (> 0), or
-/// `None` when unset, empty, zero or not a number.
-pub(crate) fn test_override_ms(var: &str) -> Option<Duration> {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-}
-
-/// Starts the collector and uploader threads and installs the shared [`crate::stats::upload::Stats`]
-/// in `agent.stats`. Call once, from `agent::run`.
-pub fn spawn(agent: &Arc<Agent>) -> std::io::Result<()> {
-    let cfg = agent.cfg();
-    match crate::stats::spool::restore(&cfg.cache_dir, &cfg.state_dir) {
-        Ok(0) => {}
-        Ok(n) => log::info!("stats: {n} cache files saved before the last stop or reboot put back"),
-        Err(e) => log::error!(
-            "stats: cache saved in {} could not be put back: {e}",
-            cfg.state_dir.display()
-        ),
-    }
-    let stats = crate::stats::upload::Stats::open(&cfg);
-    let stats = agent.stats.get_or_init(|| stats).clone();
-    // 401 from the stats API: re-provision with `-b` (SPEC §5, §7), on the uploader thread.
-    let weak = Arc::downgrade(agent);
-    crate::stats::upload::set_on_unauthorized(agent, move || {
-        let Some(agent) = weak.upgrade() else { return };
-        if agent.init_url.is_none() {
-            log::warn!("stats: 401 and no -b given: records kept until the token is fixed");
-        } else if crate::provision::reprovision(&agent) {
-            log::info!("stats: re-provisioned after 401; the next upload uses the new config");
+/// The body of the `stats-collect` thread. It ends at the stop after the record it may be
+/// writing; the agent joins it before the final cache flush.
+pub fn collector(ctx: StatsCtx, net: Watch<NetStatus>) -> impl FnOnce() + Send + 'static {
+    move || {
+        log::info!("stats: collector started");
+        loop {
+            let cfg = ctx.cfg();
+            let dropped = ctx.stats.dropped();
+            let record = collect(&cfg, &ctx.mac, &net.get(), dropped, Path::new("/"));
+            crate::stats::upload::store(&ctx, &cfg, record, dropped);
+            if ctx.shutdown.wait_timeout(ctx.timings.monitor_period(&cfg)) {
+                break;
+            }
         }
-    });
-    // Records from before this start go out at once; decided before the first collection.
-    let backlog = stats.cache_stats().records > 0;
-    let a = agent.clone();
-    let st = stats.clone();
-    let h = std::thread::Builder::new()
-        .name("stats-collect".into())
-        .spawn(move || collector_loop(&a, &st))?;
-    stats.set_collector(h);
-    crate::stats::upload::spawn(agent, backlog)?;
-    Ok(())
-}
-
-/// Clean stop (SPEC §10, "write the cache"): after `agent.request_stop()`, waits (until
-/// `deadline`) for the collector to finish the record it may be writing, then flushes.
-pub fn wait_stopped(agent: &Agent, deadline: std::time::Instant) {
-    if let Some(stats) = agent.stats.get() {
-        stats.join_collector(deadline);
-        crate::stats::upload::flush(agent);
+        log::info!("stats: collector stopped");
     }
-}
-
-fn collector_loop(agent: &Arc<Agent>, stats: &Arc<crate::stats::upload::Stats>) {
-    log::info!("stats: collector started");
-    loop {
-        let cfg = agent.cfg();
-        let net = agent.net.lock().map(|n| n.clone()).unwrap_or_default();
-        let dropped = stats.dropped();
-        let record = collect(&cfg, &agent.mac, &net, dropped, Path::new("/"));
-        crate::stats::upload::store(agent, stats, &cfg, record, dropped);
-        if agent.wait_stop(monitor_period(&cfg)) {
-            break;
-        }
-    }
-    log::info!("stats: collector stopped");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     struct NoTools;
     impl wireless::Tools for NoTools {

@@ -1,0 +1,375 @@
+//! The heartbeat table of the watchdog (SPEC §8.2): parsing of one datagram ([`parse`]), the
+//! pure timing table ([`Table`], driven with `Instant`s) and the shared handle
+//! [`Heartbeats`], written by the `watchdog` thread and read by healthz, the supervisor
+//! (`last_heartbeat` of a service) and `service.update`.
+#![forbid(unsafe_code)]
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One parsed heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beat {
+    pub process_name: String,
+    pub pid: i32,
+    pub run_command: Option<String>,
+    /// `"major.minor.patch"`.
+    pub version: Option<String>,
+}
+
+/// Parses a datagram in either SPEC form; `Err` says why it is malformed.
+pub fn parse(data: &[u8]) -> Result<Beat, String> {
+    let v: Value = serde_json::from_slice(data).map_err(|e| format!("not JSON: {e}"))?;
+    let o = v.as_object().ok_or("not a JSON object")?;
+    let pid_key = match o.get("command") {
+        None => "pid",
+        Some(Value::String(c)) if c == "heart_beat" => "pid_of_process",
+        Some(c) => return Err(format!("unknown command {c}")),
+    };
+    let name = o
+        .get("process_name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("missing or empty \"process_name\"")?;
+    let pid = o
+        .get(pid_key)
+        .and_then(Value::as_i64)
+        .filter(|p| *p > 1 && *p <= i64::from(i32::MAX))
+        .ok_or_else(|| format!("missing or invalid \"{pid_key}\""))? as i32;
+    let run_command = match o.get("run_command") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("\"run_command\" is not a string".into()),
+    };
+    let version = match o.get("version") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(vo)) => {
+            let part = |k: &str| -> Result<u64, String> {
+                match vo.get(k) {
+                    None => Ok(0),
+                    Some(n) => n
+                        .as_u64()
+                        .ok_or_else(|| format!("\"version.{k}\" is not a number")),
+                }
+            };
+            Some(format!(
+                "{}.{}.{}",
+                part("major")?,
+                part("minor")?,
+                part("patch")?
+            ))
+        }
+        Some(_) => return Err("\"version\" is not an object".into()),
+    };
+    Ok(Beat {
+        process_name: name.to_string(),
+        pid,
+        run_command,
+        version,
+    })
+}
+
+/// One heartbeating process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub pid: i32,
+    pub run_command: Option<String>,
+    pub version: Option<String>,
+    /// Unix time of the last beat.
+    pub last_seen: u64,
+    pub restarts: u64,
+    /// Start time (clock ticks after boot) of `pid` when known: a KILL only goes to the same
+    /// process, never to one that got its pid later.
+    pub pid_start: Option<u64>,
+    /// When it is considered lost.
+    pub deadline: Instant,
+    /// It was lost and could not be restarted: nothing more until it beats again.
+    pub lost: bool,
+}
+
+/// The heartbeat table. Pure: every call takes `now`.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl Table {
+    /// Records a beat at `now` (`unix`: the same moment as Unix time); `pid_start` is the
+    /// start time of the beat's pid, when it could be read.
+    pub fn beat(
+        &mut self,
+        b: Beat,
+        pid_start: Option<u64>,
+        timeout: Duration,
+        now: Instant,
+        unix: u64,
+    ) {
+        let deadline = now + timeout;
+        match self.entries.get_mut(&b.process_name) {
+            Some(e) => {
+                e.pid = b.pid;
+                e.pid_start = pid_start;
+                if b.run_command.is_some() {
+                    e.run_command = b.run_command;
+                }
+                if b.version.is_some() {
+                    e.version = b.version;
+                }
+                e.last_seen = unix;
+                e.deadline = deadline;
+                e.lost = false;
+            }
+            None => {
+                self.entries.insert(
+                    b.process_name,
+                    Entry {
+                        pid: b.pid,
+                        run_command: b.run_command,
+                        version: b.version,
+                        last_seen: unix,
+                        restarts: 0,
+                        pid_start,
+                        deadline,
+                        lost: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Names of the processes whose deadline has passed at `now`.
+    pub fn expired(&self, now: Instant) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.lost && e.deadline <= now)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// `name` was restarted at `now` as `new_pid` (`None`: could not be restarted). The new
+    /// process gets a grace of `timeout` plus the usual `timeout` for its first beat.
+    pub fn restarted(
+        &mut self,
+        name: &str,
+        new_pid: Option<i32>,
+        pid_start: Option<u64>,
+        timeout: Duration,
+        now: Instant,
+    ) {
+        if let Some(e) = self.entries.get_mut(name) {
+            match new_pid {
+                Some(p) => {
+                    e.pid = p;
+                    e.pid_start = pid_start;
+                    e.restarts += 1;
+                    e.deadline = now + timeout * 2;
+                }
+                None => e.lost = true,
+            }
+        }
+    }
+}
+
+/// The table and counters, shared (cheap to clone) with healthz and the supervisor.
+#[derive(Default, Clone)]
+pub struct Heartbeats(Arc<Shared>);
+
+impl std::ops::Deref for Heartbeats {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`Heartbeats`] holds.
+#[derive(Default)]
+pub struct Shared {
+    table: Mutex<Table>,
+    /// Malformed datagrams dropped so far. (Counters are `AtomicUsize`: 32-bit MIPS, the
+    /// usual OpenWrt CPU, has no `AtomicU64`.)
+    pub malformed: AtomicUsize,
+    /// Datagrams accepted so far.
+    pub beats: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Table> {
+        match self.table.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Unix time of the last beat of `name`.
+    pub fn last_seen(&self, name: &str) -> Option<u64> {
+        self.lock().entries.get(name).map(|e| e.last_seen)
+    }
+
+    /// healthz `heartbeats` entries.
+    pub fn entries(&self) -> Vec<Value> {
+        self.lock()
+            .entries
+            .iter()
+            .map(|(n, e)| {
+                json!({"process_name": n, "pid": e.pid, "version": e.version,
+                       "last_seen": e.last_seen, "restarts": e.restarts})
+            })
+            .collect()
+    }
+}
+
+impl crate::healthz::HeartbeatsView for Heartbeats {
+    fn heartbeat_entries(&self) -> Vec<Value> {
+        self.entries()
+    }
+
+    fn counters(&self) -> (usize, usize) {
+        (
+            self.beats.load(Ordering::Relaxed),
+            self.malformed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(name: &str, pid: i32) -> Beat {
+        Beat {
+            process_name: name.into(),
+            pid,
+            run_command: Some("true".into()),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn both_forms() {
+        let a = parse(br#"{"process_name":"ocr","pid":444,"run_command":"python3 x.py","version":{"major":1,"minor":0,"patch":2}}"#).unwrap();
+        assert_eq!(
+            a,
+            Beat {
+                process_name: "ocr".into(),
+                pid: 444,
+                run_command: Some("python3 x.py".into()),
+                version: Some("1.0.2".into())
+            }
+        );
+        let b = parse(br#"{"command":"heart_beat","process_name":"ocr","pid_of_process":445,"run_command":"x","version":{"major":2,"minor":10,"patch":0}}"#).unwrap();
+        assert_eq!(b.pid, 445);
+        assert_eq!(b.version.as_deref(), Some("2.10.0"));
+        let c = parse(br#"{"process_name":"p","pid":9}"#).unwrap();
+        assert_eq!((c.run_command, c.version), (None, None));
+    }
+
+    #[test]
+    fn malformed() {
+        for d in [
+            &b"garbage"[..],
+            b"[1,2]",
+            b"{}",
+            br#"{"process_name":"x"}"#,
+            br#"{"process_name":"","pid":5}"#,
+            br#"{"process_name":"x","pid":"5"}"#,
+            br#"{"process_name":"x","pid":1}"#,
+            br#"{"process_name":"x","pid":-3}"#,
+            br#"{"command":"heart_beat","process_name":"x","pid":5}"#,
+            br#"{"command":"reboot","process_name":"x","pid":5}"#,
+            br#"{"process_name":"x","pid":5,"version":"1.0"}"#,
+            br#"{"process_name":"x","pid":5,"version":{"major":"1"}}"#,
+            br#"{"process_name":"x","pid":5,"run_command":3}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(parse(d).is_err(), "{}", String::from_utf8_lossy(d));
+        }
+    }
+
+    #[test]
+    fn silence_expires_after_timeout() {
+        let t0 = Instant::now();
+        let to = Duration::from_secs(10);
+        let mut t = Table::default();
+        t.beat(beat("a", 100), None, to, t0, 1000);
+        assert!(t.expired(t0 + Duration::from_secs(9)).is_empty());
+        t.beat(beat("a", 100), None, to, t0 + Duration::from_secs(9), 1009);
+        assert!(t.expired(t0 + Duration::from_secs(18)).is_empty());
+        assert_eq!(
+            t.expired(t0 + Duration::from_secs(19)),
+            vec!["a".to_string()]
+        );
+        assert_eq!(t.entries["a"].last_seen, 1009);
+    }
+
+    #[test]
+    fn restarted_process_gets_a_grace() {
+        let t0 = Instant::now();
+        let to = Duration::from_secs(10);
+        let mut t = Table::default();
+        t.beat(beat("a", 100), None, to, t0, 1000);
+        let lost = t0 + Duration::from_secs(10);
+        assert_eq!(t.expired(lost).len(), 1);
+        t.restarted("a", Some(200), None, to, lost);
+        assert_eq!(t.entries["a"].restarts, 1);
+        assert_eq!(t.entries["a"].pid, 200);
+        assert!(t.expired(lost + Duration::from_secs(19)).is_empty());
+        assert_eq!(t.expired(lost + Duration::from_secs(20)).len(), 1);
+        // A beat of the new process puts it back on the normal schedule.
+        t.beat(
+            beat("a", 200),
+            None,
+            to,
+            lost + Duration::from_secs(5),
+            1015,
+        );
+        assert!(t.expired(lost + Duration::from_secs(14)).is_empty());
+        assert_eq!(t.expired(lost + Duration::from_secs(15)).len(), 1);
+    }
+
+    #[test]
+    fn unrestartable_is_not_retried_until_it_beats() {
+        let t0 = Instant::now();
+        let to = Duration::from_secs(1);
+        let mut t = Table::default();
+        t.beat(beat("a", 100), None, to, t0, 1000);
+        t.restarted("a", None, None, to, t0 + to);
+        assert!(t.expired(t0 + Duration::from_secs(100)).is_empty());
+        t.beat(
+            beat("a", 101),
+            None,
+            to,
+            t0 + Duration::from_secs(100),
+            1100,
+        );
+        assert_eq!(t.expired(t0 + Duration::from_secs(101)).len(), 1);
+    }
+
+    #[test]
+    fn beats_keep_the_last_known_version_and_command() {
+        let t0 = Instant::now();
+        let to = Duration::from_secs(1);
+        let mut t = Table::default();
+        let mut b = beat("a", 100);
+        b.version = Some("1.2.3".into());
+        t.beat(b, None, to, t0, 1);
+        t.beat(
+            Beat {
+                process_name: "a".into(),
+                pid: 100,
+                run_command: None,
+                version: None,
+            },
+            Some(7),
+            to,
+            t0,
+            2,
+        );
+        assert_eq!(t.entries["a"].version.as_deref(), Some("1.2.3"));
+        assert_eq!(t.entries["a"].pid_start, Some(7));
+        assert_eq!(t.entries["a"].run_command.as_deref(), Some("true"));
+    }
+}
