@@ -7,6 +7,7 @@
 //! - [`error`]: [`JobError`] and its [`ErrorCode`]s, the `meta.error` of a REJECTED.
 //! - [`event`]: the [`Event`] envelope of `status/…` and its metas (CONNECT, PING, SERVICE,
 //!   HEARTBEAT_LOST, RECOVERY).
+//! - [`incoming`]: [`Incoming`], any message sorted by `event_type`, for readers.
 //!
 //! The fields of every wire struct are declared in the alphabetical order of their JSON keys:
 //! serialised, a value is byte for byte the text `serde_json::Value` gives for the same
@@ -17,6 +18,7 @@
 pub mod answer;
 pub mod error;
 pub mod event;
+pub mod incoming;
 pub mod job;
 
 pub use answer::{
@@ -27,6 +29,7 @@ pub use event::{
     Connect, ConnectMeta, Event, EventMeta, HeartbeatLostMeta, Ping, PingMeta, RecoveryMeta,
     ServiceMeta,
 };
+pub use incoming::Incoming;
 pub use job::{Job, JobMeta, Signed};
 
 use serde::de::DeserializeOwned;
