@@ -5,9 +5,8 @@
 use crate::{parse_num, usage, Fail, EXIT_BROKER, EXIT_USAGE};
 use getopts::Matches;
 use paho_mqtt as mqtt;
-use serde_json::{json, Value};
 use socketman::config::Config;
-use socketman::proto::Topics;
+use socketman::proto::{Job, Signed, Topics, Wire};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -106,13 +105,10 @@ impl Target {
     }
 
     /// The payload for `job`: the job itself, or the signed wrapper of SPEC §4.3.
-    pub fn wrap(&self, job: &Value) -> String {
-        let text = job.to_string();
+    pub fn wrap(&self, job: &Job) -> String {
         match &self.secret {
-            Some(s) => {
-                json!({"signed": text, "sig": socketman::jobs::intake::sign(s, &text)}).to_string()
-            }
-            None => text,
+            Some(s) => Signed::new(job, |text| socketman::jobs::intake::sign(s, text)).to_json(),
+            None => job.to_json(),
         }
     }
 }
@@ -229,6 +225,8 @@ pub fn mac_of(topic: &str) -> &str {
 mod tests {
     use super::*;
     use crate::options;
+    use socketman::proto::JobMeta;
+
     fn parse(args: &[&str]) -> Matches {
         options().parse(args).unwrap()
     }
@@ -265,9 +263,17 @@ mod tests {
         let t = Target::from_matches(&parse(&["send", "--config", path])).unwrap();
         assert_eq!(socketman::link::server_uri(&t.cfg), "tcp://b.example:1999");
         assert_eq!(t.mac().unwrap(), "AA");
-        let wrapped: Value = serde_json::from_str(&t.wrap(&json!({"id": "x"}))).unwrap();
-        let inner = wrapped["signed"].as_str().unwrap();
-        assert_eq!(wrapped["sig"], socketman::jobs::intake::sign("s3", inner));
+        let job = Job {
+            id: "x".into(),
+            meta: JobMeta::default(),
+            timestamp: None,
+        };
+        let wrapped = Signed::from_slice(t.wrap(&job).as_bytes()).unwrap();
+        assert_eq!(
+            wrapped.sig,
+            socketman::jobs::intake::sign("s3", &wrapped.signed)
+        );
+        assert_eq!(wrapped.job().unwrap(), job);
         // Flags override the file.
         let t = Target::from_matches(&parse(&["send", "-c", path, "--mac", "BB", "--port", "7"]))
             .unwrap();
@@ -275,6 +281,6 @@ mod tests {
         assert_eq!(t.cfg.port, 7);
         // Unsigned without a secret.
         let t = Target::from_matches(&parse(&["send", "--topic", "T", "--key", "K"])).unwrap();
-        assert_eq!(t.wrap(&json!({"id": "x"})), r#"{"id":"x"}"#);
+        assert_eq!(t.wrap(&job), r#"{"id":"x","meta":{}}"#);
     }
 }

@@ -1,4 +1,5 @@
-//! `devices`: every device of the topic and key as its retained CONNECT tells (MAC,
+//! `devices`: every device of the topic and key as its retained CONNECT (a
+//! `socketman::proto::Connect`) tells (MAC,
 //! online/offline, client id, version, since), as a table or JSON; [`collect_devices`] is
 //! also `fleet --all-online`.
 
@@ -7,6 +8,7 @@ use crate::watch::utc;
 use crate::{parse_secs, usage, Fail};
 use getopts::Matches;
 use serde_json::{json, Value};
+use socketman::proto::Incoming;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -27,20 +29,18 @@ pub fn collect_devices(t: &Target, wait: Duration) -> Result<Vec<Device>, Fail> 
     let deadline = Instant::now() + wait;
     let mut devs: BTreeMap<String, Device> = BTreeMap::new();
     while let Some(msg) = conn.next(deadline)? {
-        let v: Value = serde_json::from_slice(msg.payload()).unwrap_or(Value::Null);
-        if v["event_type"] != "CONNECT" {
+        let Some(Incoming::Connect(c)) = Incoming::parse(msg.payload()) else {
             continue;
-        }
-        let meta = &v["meta"];
+        };
         let mac = mac_of(msg.topic()).to_string();
         devs.insert(
             mac.clone(),
             Device {
                 mac,
-                online: meta["online"] == "1" || meta["online"] == 1 || meta["online"] == true,
-                client_id: meta["client_id"].as_str().unwrap_or("").to_string(),
-                version: meta["version"].as_str().unwrap_or("").to_string(),
-                since: v["timestamp"].as_i64().unwrap_or(0),
+                online: c.meta.online,
+                client_id: c.meta.client_id,
+                version: c.meta.version.unwrap_or_default(),
+                since: i64::try_from(c.timestamp).unwrap_or(0),
             },
         );
     }
@@ -107,6 +107,7 @@ pub fn devices_table(devs: &[Device]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     #[test]
     fn devices_table_lists_state() {
         let d = |mac: &str, online| Device {

@@ -5,10 +5,12 @@
 use crate::conn::{mac_of, Conn, Target};
 use crate::devices::collect_devices;
 use crate::send::{job, new_job_id, Answer};
+use crate::watch::or_null;
 use crate::{parse_secs, usage, Fail, EXIT_NO_ANSWER};
 use getopts::Matches;
 use paho_mqtt as mqtt;
 use serde_json::{json, Value};
+use socketman::proto::Incoming;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -60,7 +62,7 @@ impl Slot {
         match &self.answer {
             None => Outcome::NoAnswer,
             Some((_, Answer::Rejected(_))) => Outcome::Rejected,
-            Some((_, Answer::Processed(p))) if p["meta"]["success"] == true => Outcome::Ok,
+            Some((_, Answer::Processed(p))) if p.meta.success => Outcome::Ok,
             Some(_) => Outcome::Failed,
         }
     }
@@ -200,20 +202,21 @@ pub fn cmd_fleet(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail>
         let Some(&i) = index.get(mac_of(msg.topic())) else {
             return;
         };
-        let v: Value = serde_json::from_slice(msg.payload()).unwrap_or(Value::Null);
-        if v["id"] != id.as_str() || slots[i].answer.is_some() {
+        let Some(answer) = Incoming::parse(msg.payload()) else {
+            return;
+        };
+        if answer.job_id() != Some(id.as_str()) || slots[i].answer.is_some() {
             return;
         }
         let took = slots[i].sent.map(|s| s.elapsed()).unwrap_or_default();
-        match v["event_type"].as_str() {
-            Some("DELIVERED") => slots[i].delivered = true,
-            Some("PROCESSED") => {
-                slots[i].answer = Some((took, Answer::Processed(v)));
+        match answer {
+            Incoming::Delivered(_) => slots[i].delivered = true,
+            Incoming::Processed(p) => {
+                slots[i].answer = Some((took, Answer::Processed(p)));
                 *answered += 1;
             }
-            Some("REJECTED") => {
-                let e = v["meta"]["error"].as_str().unwrap_or("").to_string();
-                slots[i].answer = Some((took, Answer::Rejected(e)));
+            Incoming::Rejected(r) => {
+                slots[i].answer = Some((took, Answer::Rejected(r.meta.error)));
                 *answered += 1;
             }
             _ => {}
@@ -270,9 +273,9 @@ pub fn cmd_fleet(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail>
                 let (lat, exit_code, output, error) = match &sl.answer {
                     Some((d, Answer::Processed(p))) => (
                         json!(d.as_secs_f64()),
-                        p["meta"]["exit_code"].clone(),
-                        p["meta"]["msg"].clone(),
-                        p["meta"]["error"].clone(),
+                        json!(p.meta.exit_code),
+                        json!(p.meta.msg),
+                        json!(p.meta.error),
                     ),
                     Some((d, Answer::Rejected(e))) => {
                         (json!(d.as_secs_f64()), Value::Null, Value::Null, json!(e))
@@ -295,7 +298,7 @@ pub fn cmd_fleet(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail>
                     Some((d, Answer::Processed(p))) => format!(
                         "{}, exit {}, {:.3} s",
                         sl.outcome().name(),
-                        p["meta"]["exit_code"],
+                        or_null(p.meta.exit_code),
                         d.as_secs_f64()
                     ),
                     Some((_, Answer::Rejected(e))) => format!("rejected: {e}"),
@@ -304,7 +307,7 @@ pub fn cmd_fleet(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail>
                 };
                 println!("== {} ({head})", sl.mac);
                 if let Some((_, Answer::Processed(p))) = &sl.answer {
-                    let o = p["meta"]["msg"].as_str().unwrap_or("");
+                    let o = &p.meta.msg;
                     print!("{o}");
                     if !o.is_empty() && !o.ends_with('\n') {
                         println!();
@@ -336,6 +339,8 @@ pub fn cmd_fleet(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use socketman::proto::{Processed, ProcessedMeta};
+
     #[test]
     fn quantiles_nearest_rank() {
         let xs: Vec<f64> = (1..=100).map(f64::from).collect();
@@ -360,7 +365,13 @@ mod tests {
             delivered,
             answer: ms.map(|ms| {
                 let a = match ok {
-                    Some(ok) => Answer::Processed(json!({"meta": {"success": ok}})),
+                    Some(success) => Answer::Processed(Processed::new(
+                        "j",
+                        ProcessedMeta {
+                            success,
+                            ..ProcessedMeta::default()
+                        },
+                    )),
                     None => Answer::Rejected("busy: x".into()),
                 };
                 (Duration::from_millis(ms), a)

@@ -5,7 +5,9 @@
 //! a summary). Broker, topic, key, MAC and `job_secret` come from socketman's own config file
 //! (`--config`, read with `socketman::config::load`) and/or flags; jobs are signed as SPEC §4.3
 //! when a `job_secret` is known. Shares nothing with the agent at run time; the payload shapes
-//! and topic names come from the library (`socketman::proto::Topics`, `jobs::intake::sign`).
+//! and topic names come from the library: jobs are built and answers read as the types of
+//! `socketman::proto` (`Job`, `Signed`, `Incoming`, `Processed`, …), signed with
+//! `jobs::intake::sign`.
 //!
 //! This file owns the command line: options, usage text, which options each command takes,
 //! dispatch to the commands, and the exit codes. The commands live in [`send`] (`send`, `op`),
@@ -197,6 +199,7 @@ pub fn parse_secs(m: &Matches, name: &str, default: f64) -> Result<Duration, Fai
 #[cfg(test)]
 mod tests {
     use super::*;
+
     #[test]
     fn options_checked_per_command() {
         let r = run(&["devices".into(), "--macs".into(), "f".into()]);

@@ -1,11 +1,12 @@
 //! `send` (a shell job on one device; output on stdout, exit with the remote exit code) and
-//! `op` (a typed job; its result as pretty JSON), over [`one_job`], which also builds the jobs
-//! `fleet` sends.
+//! `op` (a typed job; its result as pretty JSON), over [`one_job`]; and the jobs smctl sends
+//! ([`job`], [`new_job_id`], also used by `fleet`), as `socketman::proto::Job`s.
 
 use crate::conn::{Conn, Target};
 use crate::{parse_secs, usage, Fail, EXIT_NO_ANSWER, EXIT_REJECTED, EXIT_REMOTE_TIMEOUT};
 use getopts::Matches;
 use serde_json::{json, Value};
+use socketman::proto::{Incoming, Job, JobMeta, Processed, ProcessedMeta};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -22,30 +23,29 @@ pub fn new_job_id() -> String {
 }
 
 /// The job of `send`/`fleet`/`op`.
-pub fn job(id: &str, ty: Option<&str>, msg: Option<&str>, args: Option<Value>) -> Value {
-    let mut meta = serde_json::Map::new();
-    if let Some(m) = msg {
-        meta.insert("msg".into(), json!(m));
-    }
-    if let Some(t) = ty {
-        meta.insert("type".into(), json!(t));
-    }
-    if let Some(a) = args {
-        meta.insert("args".into(), a);
-    }
-    json!({"id": id, "timestamp": socketman::proto::now(), "meta": meta})
+pub fn job(id: &str, ty: Option<&str>, msg: Option<&str>, args: Option<Value>) -> Job {
+    Job::new(
+        id,
+        JobMeta {
+            args,
+            msg: msg.map(str::to_string),
+            timeout: None,
+            ty: ty.map(str::to_string),
+        },
+    )
 }
 
 /// What came back for one job on one device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Processed(Value),
+    Processed(Processed),
+    /// The REJECTED's `meta.error`.
     Rejected(String),
 }
 
 /// Publishes `job` to one device and waits for its PROCESSED or REJECTED.
-pub fn one_job(t: &Target, mac: &str, job: &Value, timeout: Duration) -> Result<Answer, Fail> {
-    let id = job["id"].as_str().unwrap_or_default().to_string();
+pub fn one_job(t: &Target, mac: &str, job: &Job, timeout: Duration) -> Result<Answer, Fail> {
+    let id = job.id.as_str();
     let topics = t.topics(mac);
     let conn = Conn::open(t)?;
     conn.subscribe(&[topics.delivery.clone(), topics.publ.clone()])?;
@@ -53,20 +53,25 @@ pub fn one_job(t: &Target, mac: &str, job: &Value, timeout: Duration) -> Result<
     let deadline = Instant::now() + timeout;
     let mut delivered = false;
     while let Some(msg) = conn.next(deadline)? {
-        let v: Value = serde_json::from_slice(msg.payload()).unwrap_or(Value::Null);
-        if v["id"] != id.as_str() {
+        let Some(answer) = Incoming::parse(msg.payload()) else {
+            continue;
+        };
+        if answer.job_id() != Some(id) {
             continue;
         }
-        match v["event_type"].as_str() {
-            Some("DELIVERED") => delivered = true,
-            Some("PROCESSED") => {
+        match answer {
+            Incoming::Delivered(_) => delivered = true,
+            Incoming::Processed(p) => {
                 conn.close();
-                return Ok(Answer::Processed(v));
+                return Ok(Answer::Processed(p));
             }
-            Some("REJECTED") => {
+            Incoming::Rejected(r) => {
                 conn.close();
-                let e = v["meta"]["error"].as_str().unwrap_or("(no error given)");
-                return Ok(Answer::Rejected(e.to_string()));
+                let e = match r.meta.error.as_str() {
+                    "" => "(no error given)".to_string(),
+                    e => e.to_string(),
+                };
+                return Ok(Answer::Rejected(e));
             }
             _ => {}
         }
@@ -84,12 +89,11 @@ pub fn one_job(t: &Target, mac: &str, job: &Value, timeout: Duration) -> Result<
 }
 
 /// The exit code `send` ends with for a PROCESSED.
-pub fn send_exit_code(p: &Value) -> i32 {
-    let meta = &p["meta"];
-    match meta["exit_code"].as_i64() {
-        Some(c) => (c & 0xff) as i32,
-        None if meta["error"] == "timeout" => EXIT_REMOTE_TIMEOUT,
-        None if meta["success"] == true => 0,
+pub fn send_exit_code(meta: &ProcessedMeta) -> i32 {
+    match meta.exit_code {
+        Some(c) => c & 0xff,
+        None if meta.error.as_deref() == Some("timeout") => EXIT_REMOTE_TIMEOUT,
+        None if meta.success => 0,
         None => 1,
     }
 }
@@ -106,18 +110,17 @@ pub fn cmd_send(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail> 
     match one_job(t, &mac, &j, timeout)? {
         Answer::Rejected(e) => Err(Fail(EXIT_REJECTED, format!("{mac} rejected the job: {e}"))),
         Answer::Processed(p) => {
-            let meta = &p["meta"];
-            let out = meta["msg"].as_str().unwrap_or_default();
+            let meta = &p.meta;
             let mut so = std::io::stdout();
-            let _ = so.write_all(out.as_bytes());
+            let _ = so.write_all(meta.msg.as_bytes());
             let _ = so.flush();
-            if meta["truncated"] == true {
+            if meta.truncated {
                 eprintln!("smctl: output was cut at the device's job_output_max");
             }
-            let code = send_exit_code(&p);
+            let code = send_exit_code(meta);
             if code == EXIT_REMOTE_TIMEOUT {
                 eprintln!("smctl: the job timed out on {mac} and was killed");
-            } else if let (None, Some(e)) = (meta["exit_code"].as_i64(), meta["error"].as_str()) {
+            } else if let (None, Some(e)) = (meta.exit_code, &meta.error) {
                 eprintln!("smctl: {e}");
             }
             Ok(code)
@@ -145,22 +148,18 @@ pub fn cmd_op(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail> {
     match one_job(t, &mac, &j, timeout)? {
         Answer::Rejected(e) => Err(Fail(EXIT_REJECTED, format!("{mac} rejected the job: {e}"))),
         Answer::Processed(p) => {
-            let meta = &p["meta"];
-            let shown = match meta.get("result") {
+            let meta = &p.meta;
+            let shown = match &meta.result {
                 Some(r) if !r.is_null() => serde_json::to_string_pretty(r).unwrap_or_default(),
-                _ => meta["msg"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .trim_end()
-                    .to_string(),
+                _ => meta.msg.trim_end().to_string(),
             };
             if !shown.is_empty() {
                 println!("{shown}");
             }
-            if meta["success"] == true {
+            if meta.success {
                 Ok(0)
             } else {
-                let e = meta["error"].as_str().unwrap_or("the job failed");
+                let e = meta.error.as_deref().unwrap_or("the job failed");
                 eprintln!("smctl: {ty} failed on {mac}: {e}");
                 Ok(1)
             }
@@ -171,9 +170,10 @@ pub fn cmd_op(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     #[test]
     fn exit_codes_of_processed() {
-        let p = |meta: Value| json!({"meta": meta});
+        let p = |meta: Value| serde_json::from_value::<ProcessedMeta>(meta).unwrap();
         assert_eq!(
             send_exit_code(&p(json!({"exit_code": 3, "success": false}))),
             3

@@ -1,10 +1,12 @@
 //! `watch`: streams CONNECT/PING/events, DELIVERED, PROCESSED and REJECTED of one device (or
-//! all) as readable lines or JSON; and how times are shown ([`utc`]).
+//! all) as readable lines (read through `socketman::proto::Incoming`) or JSON as it came; and
+//! how times and missing numbers are shown ([`utc`], [`or_null`]).
 
 use crate::conn::{mac_of, Conn, Target};
 use crate::{parse_num, parse_secs, usage, Fail};
 use getopts::Matches;
 use serde_json::{json, Value};
+use socketman::proto::Incoming;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -41,71 +43,76 @@ pub fn first_line(s: &str, max: usize) -> String {
     out
 }
 
-/// The readable line of `watch` for one message.
+/// `v`, or `null` (as the agent sends a missing exit code or status).
+pub fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// The readable line of `watch` for one message (`Value::Null`: the payload was not JSON).
 pub fn describe(topic: &str, retained: bool, v: &Value) -> String {
-    let kind = topic.split('/').next().unwrap_or("");
     let mac = mac_of(topic);
-    let ts = v["timestamp"]
-        .as_i64()
+    let msg = Incoming::from_value(v.clone());
+    let ts = msg
+        .timestamp()
+        .and_then(|t| i64::try_from(t).ok())
         .unwrap_or_else(|| socketman::proto::now() as i64);
-    let meta = &v["meta"];
-    let id = v["id"].as_str().unwrap_or("-");
-    let ev = v["event_type"].as_str().unwrap_or("?");
-    let text = match (kind, ev) {
-        (_, "CONNECT") => {
-            let state = if meta["online"] == "1" {
-                "online"
+    let text = match &msg {
+        Incoming::Connect(c) => {
+            let m = &c.meta;
+            let state = if m.online { "online" } else { "offline" };
+            let client_id = if m.client_id.is_empty() {
+                "?"
             } else {
-                "offline"
+                &m.client_id
             };
-            let mut s = format!(
-                "CONNECT {state} {}",
-                meta["client_id"].as_str().unwrap_or("?")
-            );
-            if let Some(ver) = meta["version"].as_str() {
+            let mut s = format!("CONNECT {state} {client_id}");
+            if let Some(ver) = &m.version {
                 s.push_str(&format!(" v{ver}"));
             }
             s
         }
-        (_, "PING") => format!(
+        Incoming::Ping(p) => format!(
             "PING uptime {} s, status {}",
-            meta["uptime"], meta["status"]
+            p.meta.uptime,
+            or_null(p.meta.status)
         ),
-        (_, "DELIVERED") => {
-            let dup = if meta["duplicate"] == true {
-                " (duplicate)"
-            } else {
-                ""
-            };
-            format!("DELIVERED {id}{dup}")
+        Incoming::Delivered(d) => {
+            let dup = if d.meta.duplicate { " (duplicate)" } else { "" };
+            format!("DELIVERED {}{dup}", d.id)
         }
-        (_, "PROCESSED") => {
-            let ok = if meta["success"] == true {
-                "ok"
-            } else {
-                "FAILED"
-            };
+        Incoming::Processed(p) => {
+            let m = &p.meta;
+            let ok = if m.success { "ok" } else { "FAILED" };
             let mut s = format!(
-                "PROCESSED {id} {} {ok} exit {} in {} ms",
-                meta["type"].as_str().unwrap_or("cmd"),
-                meta["exit_code"],
-                meta["duration_ms"]
+                "PROCESSED {} {} {ok} exit {} in {} ms",
+                p.id,
+                m.ty,
+                or_null(m.exit_code),
+                m.duration_ms
             );
-            if let Some(e) = meta["error"].as_str() {
+            if let Some(e) = &m.error {
                 s.push_str(&format!(" error: {e}"));
             }
-            let out = first_line(meta["msg"].as_str().unwrap_or(""), 60);
+            let out = first_line(&m.msg, 60);
             if !out.is_empty() {
                 s.push_str(&format!(": {out}"));
             }
             s
         }
-        (_, "REJECTED") => format!(
-            "REJECTED {id}: {}",
-            meta["error"].as_str().unwrap_or("(no error given)")
+        Incoming::Rejected(r) => {
+            let error = match r.meta.error.as_str() {
+                "" => "(no error given)",
+                e => e,
+            };
+            format!("REJECTED {}: {error}", r.id.as_deref().unwrap_or("-"))
+        }
+        Incoming::Other(Value::Null) => "(not JSON)".to_string(),
+        // Other events (SERVICE, RECOVERY, …) as they came.
+        Incoming::Other(other) => format!(
+            "{} {}",
+            other["event_type"].as_str().unwrap_or("?"),
+            other["meta"]
         ),
-        (_, "?") if v.is_null() => "(not JSON)".to_string(),
-        (_, other) => format!("{other} {}", meta),
     };
     let r = if retained { " (retained)" } else { "" };
     format!("{}  {mac}  {text}{r}", utc(ts))
@@ -155,6 +162,7 @@ pub fn cmd_watch(t: &Target, m: &Matches, words: &[String]) -> Result<i32, Fail>
 #[cfg(test)]
 mod tests {
     use super::*;
+
     #[test]
     fn utc_dates() {
         assert_eq!(utc(0), "1970-01-01 00:00:00Z");
@@ -180,5 +188,56 @@ mod tests {
         let r = json!({"id": null, "timestamp": 0, "event_type": "REJECTED",
                        "meta": {"error": "invalid: not JSON"}});
         assert!(describe("pub/T/K/AA", false, &r).ends_with("REJECTED -: invalid: not JSON"));
+    }
+
+    #[test]
+    fn watch_lines_of_what_agents_send() {
+        use socketman::proto::{
+            Connect, Delivered, Event, PingMeta, Processed, ProcessedMeta, ServiceMeta, Wire,
+        };
+        let line = |topic: &str, v: Value| {
+            let mut v = v;
+            v["timestamp"] = json!(0);
+            describe(topic, false, &v)
+        };
+        let head = "1970-01-01 00:00:00Z  AA  ";
+        assert_eq!(
+            line("status/T/K/AA", Connect::offline("sm-AA").to_value()),
+            format!("{head}CONNECT offline sm-AA")
+        );
+        let ping = Event::new(PingMeta {
+            status: None,
+            uptime: 5,
+        });
+        assert_eq!(
+            line("status/T/K/AA", ping.to_value()),
+            format!("{head}PING uptime 5 s, status null")
+        );
+        assert_eq!(
+            line("delivery/T/K/AA", Delivered::new("j1", true).to_value()),
+            format!("{head}DELIVERED j1 (duplicate)")
+        );
+        let timed_out = ProcessedMeta {
+            msg: "partial\n".into(),
+            duration_ms: 5000,
+            error: Some("timeout".into()),
+            ..ProcessedMeta::default()
+        };
+        assert_eq!(
+            line("pub/T/K/AA", Processed::new("j2", timed_out).to_value()),
+            format!("{head}PROCESSED j2 cmd FAILED exit null in 5000 ms error: timeout: partial")
+        );
+        // Other events: the meta as JSON.
+        let svc = Event::new(ServiceMeta {
+            exit_code: None,
+            name: "a".into(),
+            pid: Some(1),
+            status: "running".into(),
+        });
+        assert_eq!(
+            line("status/T/K/AA", svc.to_value()),
+            format!(r#"{head}SERVICE {{"exit_code":null,"name":"a","pid":1,"status":"running"}}"#)
+        );
+        assert!(describe("status/T/K/AA", false, &Value::Null).ends_with("  AA  (not JSON)"));
     }
 }
