@@ -5,7 +5,7 @@
 //! - [`answer`]: its answers: [`Delivered`], [`Processed`], [`Rejected`], the REST body
 //!   [`RestResult`].
 //! - [`error`]: [`JobError`] and its [`ErrorCode`]s, the `meta.error` of a REJECTED.
-//! - [`event`]: the [`Event`] envelope of `status/…` and its metas (CONNECT, PING, SERVICE,
+//! - [`event`](mod@event): the [`Event`] envelope of `status/…` and its metas (CONNECT, PING, SERVICE,
 //!   HEARTBEAT_LOST, RECOVERY).
 //! - [`incoming`]: [`Incoming`], any message sorted by `event_type`, for readers.
 //!
