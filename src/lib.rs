@@ -1,6 +1,6 @@
 //! socketman: a device agent for OpenWrt routers and Raspberry Pi boards.
 //!
-//! The binary (`src/main.rs`) is a thin shell over this library; `smctl` (`src/bin/smctl.rs`)
+//! The binary (`src/main.rs`) is a thin shell over this library; `smctl` (`src/bin/smctl/`)
 //! shares the job and event types. See the README's architecture section for the threads.
 
 pub mod agent;
