@@ -1,13 +1,11 @@
 //! Shell jobs: `/bin/sh -c CMD` in its own process group, stdout and stderr interleaved as
 //! produced (one pipe for both), output kept up to a limit (the rest is read and thrown away so
 //! the child never blocks), a timeout that kills the whole group (TERM, then KILL after 5 s).
-//! Runs on the calling thread (a job worker) plus one reader thread per job.
+//! Runs on [`crate::platform::process::run`]: the calling thread (a job worker) blocks until
+//! the shell ends or times out; the runner adds a waiter and a reader thread per job.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use crate::platform::process::{self, Capture, RunOpts, Spec};
 use std::time::{Duration, Instant};
 
 /// Time between TERM and KILL when a job times out (SPEC §4.2).
@@ -53,125 +51,33 @@ pub fn run_shell_tracked(
     on_spawn: &dyn Fn(i32),
 ) -> ShellOutcome {
     let start = Instant::now();
-    let failed = |e: String| ShellOutcome {
-        output: String::new(),
-        exit_code: None,
-        signal: None,
-        timed_out: false,
-        truncated: false,
-        duration: start.elapsed(),
-        spawn_error: Some(e),
-    };
-    let (reader, writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return failed(format!("cannot create pipe: {e}")),
-    };
-    let writer2 = match writer.try_clone() {
-        Ok(w) => w,
-        Err(e) => return failed(format!("cannot create pipe: {e}")),
-    };
-    let mut command = Command::new("/bin/sh");
-    command
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
-        .process_group(0);
-    let mut child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => return failed(format!("cannot start /bin/sh: {e}")),
-    };
-    // The parent's copies of the write end are gone with `command`.
-    drop(command);
-    let pgid = child.id() as i32;
-    on_spawn(pgid);
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let captured = Arc::new(Mutex::new((Vec::new(), false)));
-    let sink = captured.clone();
-    let reader_thread = std::thread::Builder::new()
-        .name("job-output".into())
-        .spawn(move || {
-            let mut reader = reader;
-            let mut buf = [0u8; 8192];
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if let Ok(mut g) = sink.lock() {
-                            let (kept, truncated) = &mut *g;
-                            let room = output_max.saturating_sub(kept.len());
-                            if n > room {
-                                *truncated = true;
-                            }
-                            kept.extend_from_slice(&buf[..n.min(room)]);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            let _ = tx.send(());
-        });
-
-    let deadline = start + timeout;
-    let mut timed_out = false;
-    let mut term_sent: Option<Instant> = None;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) => {}
-            Err(e) => {
-                log::error!("waiting for job shell (pid {pgid}) failed: {e}");
-                break None;
+    let opts = RunOpts::new(timeout)
+        .capture(Capture::Combined { max: output_max })
+        .grace(KILL_GRACE)
+        .drain(DRAIN_AFTER_EXIT);
+    let o = match process::run(&Spec::shell(cmd), &opts, on_spawn) {
+        Ok(o) => o,
+        Err(e) => {
+            return ShellOutcome {
+                output: String::new(),
+                exit_code: None,
+                signal: None,
+                timed_out: false,
+                truncated: false,
+                duration: start.elapsed(),
+                spawn_error: Some(e.to_string()),
             }
         }
-        let now = Instant::now();
-        if !timed_out && now >= deadline {
-            timed_out = true;
-            term_sent = Some(now);
-            let _ = crate::platform::sys::kill_group(pgid, libc::SIGTERM);
-        }
-        if let Some(t) = term_sent {
-            if now >= t + KILL_GRACE {
-                let _ = crate::platform::sys::kill_group(pgid, libc::SIGKILL);
-                term_sent = None;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(
-            if start.elapsed() < Duration::from_millis(50) {
-                1
-            } else {
-                10
-            },
-        ));
     };
-    if timed_out {
-        // Whatever of the group is left goes too, so no child survives a timed-out job.
-        let _ = crate::platform::sys::kill_group(pgid, libc::SIGKILL);
-    }
-    if rx.recv_timeout(DRAIN_AFTER_EXIT).is_err() {
-        log::debug!("job output pipe still open {DRAIN_AFTER_EXIT:?} after the shell exited (background child); output so far kept");
-    }
-    let (kept, truncated) = match captured.lock() {
-        Ok(g) => g.clone(),
-        Err(p) => p.into_inner().clone(),
-    };
-    if let Ok(h) = reader_thread {
-        if h.is_finished() {
-            let _ = h.join();
-        }
+    if let Err(e) = &o.status {
+        log::error!("waiting for job shell (pid {}) failed: {e}", o.pid);
     }
     ShellOutcome {
-        output: String::from_utf8_lossy(&kept).into_owned(),
-        exit_code: if timed_out {
-            None
-        } else {
-            status.and_then(|s| s.code())
-        },
-        signal: status.and_then(|s| s.signal()),
-        timed_out,
-        truncated,
+        output: o.output_lossy(),
+        exit_code: if o.timed_out { None } else { o.code() },
+        signal: o.signal(),
+        timed_out: o.timed_out,
+        truncated: o.truncated,
         duration: start.elapsed(),
         spawn_error: None,
     }

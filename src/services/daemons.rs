@@ -14,14 +14,11 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, ServiceManager};
+use crate::platform::process::{self, Capture, RunOpts, Spec};
 use serde_json::{json, Value};
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Limit for one init script or systemctl call.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,63 +42,36 @@ pub fn run_program(
     timeout: Duration,
     capture: bool,
 ) -> Result<Ran, String> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    cmd.stdout(if capture {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = std::thread::Builder::new()
-            .name("daemon-out".into())
-            .spawn(move || {
-                let mut buf = Vec::new();
-                let _ = (&mut out).take(64 * 1024).read_to_end(&mut buf);
-                let _ = tx.send(buf);
-            });
-    }
-    let deadline = Instant::now() + timeout;
-    let mut timed_out = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) => {}
-            Err(e) => return Err(format!("wait for {}: {e}", program.display())),
-        }
-        if Instant::now() >= deadline {
-            log::warn!(
-                "{} {} timed out after {timeout:?}, killing it",
-                program.display(),
-                args.join(" ")
-            );
-            let _ = crate::platform::sys::kill_group(pid, libc::SIGKILL);
-            let _ = child.wait();
-            timed_out = true;
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let spec = Spec::new(program).args(args);
     // A daemon that inherited the pipe may keep it open: wait briefly, never for it to end.
-    let stdout = if capture {
-        rx.recv_timeout(Duration::from_millis(500))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let opts = RunOpts::new(timeout)
+        .capture(if capture {
+            Capture::Stdout { max: 64 * 1024 }
+        } else {
+            Capture::None
+        })
+        .drain(Duration::from_millis(500));
+    let o = process::run(&spec, &opts, &|_| {})
+        .map_err(|e| format!("cannot run {}: {}", program.display(), e.error))?;
+    if o.timed_out {
+        log::warn!(
+            "{} {} timed out after {timeout:?}, killing it",
+            program.display(),
+            args.join(" ")
+        );
+        return Ok(Ran {
+            code: None,
+            stdout: o.output_lossy(),
+            timed_out: true,
+        });
+    }
+    if let Err(e) = &o.status {
+        return Err(format!("wait for {}: {e}", program.display()));
+    }
     Ok(Ran {
-        code: status.and_then(|s| s.code()),
-        stdout,
-        timed_out,
+        code: o.code(),
+        stdout: o.output_lossy(),
+        timed_out: false,
     })
 }
 
@@ -350,6 +320,7 @@ pub fn run(cfg: &Config, ty: &str, args: &Value) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn cfg_with(dir: &Path, daemons: Option<Vec<&str>>) -> Config {
         Config {

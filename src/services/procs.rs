@@ -5,14 +5,16 @@
 //! through the job handlers).
 //!
 //! Threads: the job workers call [`run`]; every process started by `process.start` gets a
-//! small `reaper` thread that blocks in `wait()` and records the exit status in the registry,
-//! so exit codes are known and no zombie is left.
+//! small reaper thread ([`crate::platform::process::spawn_supervised`]) that blocks in
+//! `wait()` and records the exit status in the registry, so exit codes are known and no zombie
+//! is left.
 #![forbid(unsafe_code)]
 
+use crate::platform::process::{self, Leftovers, Spec};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -416,47 +418,37 @@ pub fn start(reg: &Arc<Registry>, args: &Value) -> Result<Value, String> {
             .collect::<Result<_, _>>()?,
         Some(v) => return Err(format!("\"env\" must be an object, found {v}")),
     };
-    let mut cmd = Command::new(path);
-    cmd.args(&argv)
-        .envs(&env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| {
-        let msg = e.to_string();
+    let spec = Spec::new(path).args(&argv).envs(&env);
+    let reg2 = Arc::clone(reg);
+    let child = process::spawn_supervised(
+        &spec,
+        Leftovers::Keep,
+        // Registered before the reaper can record the exit.
+        &|pid| {
+            reg.add(pid);
+            log::info!("process.start: started {path} as pid {pid}");
+        },
+        move |e| {
+            let exit = e.status.map(Exit::from_status).unwrap_or(Exit {
+                code: None,
+                signal: None,
+            });
+            log::info!(
+                "process {} ended (exit code {:?}, signal {:?})",
+                e.pid,
+                exit.code,
+                exit.signal
+            );
+            reg2.set_exit(e.pid, exit);
+        },
+    )
+    .map_err(|e| {
+        let msg = e.error.to_string();
         // "No such file or directory (os error 2)" → "No such file or directory".
         let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
         format!("cannot start {path}: {msg}")
     })?;
-    let pid = child.id() as i32;
-    reg.add(pid);
-    log::info!("process.start: started {path} as pid {pid}");
-    let reg2 = Arc::clone(reg);
-    let spawned = std::thread::Builder::new()
-        .name(format!("reaper-{pid}"))
-        .spawn(move || {
-            let exit = match child.wait() {
-                Ok(st) => Exit::from_status(st),
-                Err(e) => {
-                    log::warn!("process {pid}: wait failed: {e}");
-                    Exit {
-                        code: None,
-                        signal: None,
-                    }
-                }
-            };
-            log::info!(
-                "process {pid} ended (exit code {:?}, signal {:?})",
-                exit.code,
-                exit.signal
-            );
-            reg2.set_exit(pid, exit);
-        });
-    if let Err(e) = spawned {
-        log::error!("process {pid}: cannot start its reaper thread: {e}");
-    }
-    Ok(json!({ "pid": pid }))
+    Ok(json!({ "pid": child.pid() }))
 }
 
 fn exit_json(e: Option<Exit>, sent: Option<i32>) -> Value {
@@ -649,6 +641,7 @@ pub fn info(pid: i32) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn stat_of_this_process() {

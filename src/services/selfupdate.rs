@@ -24,15 +24,15 @@
 
 use crate::jobs::typed::Done;
 use crate::jobs::Jobs;
+use crate::platform::process::{self, Capture, RunOpts, Spec};
 use crate::runtime::{ConfigHandle, Control, ControlSender, Shutdown, Watch};
 use crate::services::update;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The marker file in `state_dir`.
@@ -148,71 +148,34 @@ pub fn restore_backup(exe: &Path) -> io::Result<()> {
 /// Runs `path --version`; it must exit 0 within `timeout`. Returns its first output line.
 pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, String> {
     let shown = path.display();
+    let spec = Spec::new(path).arg("--version");
+    // A background child of the new binary could keep the pipe open: read for 1 s at most.
+    let opts = RunOpts::new(timeout)
+        .capture(Capture::Combined { max: 64 * 1024 })
+        .drain(Duration::from_secs(1));
     let mut tries = 0;
-    let mut child = loop {
-        match Command::new(path)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(c) => break c,
+    let out = loop {
+        match process::run(&spec, &opts, &|_| {}) {
+            Ok(o) => break o,
             // ETXTBSY: a fork in another thread still holds the file we just wrote.
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+            Err(e) if e.error.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(format!("new binary {shown} does not run: {e}")),
+            Err(e) => return Err(format!("new binary {shown} does not run: {}", e.error)),
         }
     };
-    let mut readers = Vec::new();
-    for pipe in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        readers.push(std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.take(64 * 1024).read_to_end(&mut out);
-            String::from_utf8_lossy(&out).into_owned()
-        }));
+    if out.timed_out {
+        return Err(format!(
+            "new binary {shown}: --version did not exit within {} s",
+            timeout.as_secs()
+        ));
     }
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "new binary {shown}: --version did not exit within {} s",
-                    timeout.as_secs()
-                ));
-            }
-            Err(e) => return Err(format!("new binary {shown}: wait failed: {e}")),
-        }
-    };
-    // A background child of the new binary could keep the pipes open: read for 1 s at most.
-    let read_end = Instant::now() + Duration::from_secs(1);
-    while readers.iter().any(|h| !h.is_finished()) && Instant::now() < read_end {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let output: String = readers
-        .into_iter()
-        .filter(|h| h.is_finished())
-        .filter_map(|h| h.join().ok())
-        .collect::<Vec<_>>()
-        .join("");
+    let status = out
+        .status
+        .as_ref()
+        .map_err(|e| format!("new binary {shown}: wait failed: {e}"))?;
+    let output = out.output_lossy();
     let first = output.lines().next().unwrap_or("").trim().to_string();
     if !status.success() {
         let tail: String = output.trim().chars().take(200).collect();

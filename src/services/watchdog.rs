@@ -15,13 +15,12 @@
 #![forbid(unsafe_code)]
 
 use crate::link::outbox::Outbox;
+use crate::platform::process::{self, Leftovers, Spec, Streams};
 use crate::runtime::{ConfigHandle, Shutdown, Threads};
 pub use crate::services::heartbeats::{parse, Beat, Heartbeats};
 use crate::services::supervisor::Supervisor;
 use serde_json::{json, Value};
 use std::net::UdpSocket;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -41,20 +40,11 @@ fn timeout_of(w: &Watchdog) -> Duration {
 
 /// Starts `/bin/sh -c cmd` in its own process group; a thread reaps it.
 fn run_command(cmd: &str) -> Result<i32, String> {
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let pid = child.id() as i32;
-    let _ = std::thread::Builder::new()
-        .name(format!("reaper-{pid}"))
-        .spawn(move || {
-            let _ = child.wait();
-        });
-    Ok(pid)
+    // Its own group, socketman's stdout/stderr; the reaper thread only reaps it.
+    let spec = Spec::shell(cmd).streams(Streams::Inherit);
+    process::spawn_supervised(&spec, Leftovers::Keep, &|_| {}, |_| {})
+        .map(|c| c.pid())
+        .map_err(|e| format!("cannot run {cmd:?}: {}", e.error))
 }
 
 /// Handles one lost process: KILL and restart (or restart through the supervisor).
@@ -201,6 +191,7 @@ fn serve(w: &Watchdog, sock: &UdpSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn silent_process_is_killed_and_restarted() {

@@ -26,12 +26,11 @@
 //! run is killed after a timeout so a hung driver cannot stall the collector.
 #![forbid(unsafe_code)]
 
+use crate::platform::process::{self, Capture, RunOpts, Spec};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs an external tool and returns its stdout, `None` when absent, failed or timed out.
 pub trait Tools {
@@ -61,50 +60,38 @@ impl Tools for SystemTools {
 
     fn run(&self, prog: &str, args: &[&str], timeout: Duration) -> Option<String> {
         let path = find_program(prog)?;
-        let mut child = match Command::new(&path)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
+        // Own process group, killed as a group (KILL, no grace) on timeout; a child of the
+        // tool that keeps stdout open holds the collector for 1 s at most.
+        let opts = RunOpts::new(timeout)
+            .capture(Capture::Stdout {
+                max: OUTPUT_MAX as usize,
+            })
+            .drain(Duration::from_secs(1));
+        let o = match process::run(&Spec::new(&path).args(args), &opts, &|_| {}) {
+            Ok(o) => o,
             Err(e) => {
-                log::debug!("stats: cannot run {}: {e}", path.display());
+                log::debug!("stats: cannot run {}: {}", path.display(), e.error);
                 return None;
             }
         };
-        let mut out = child.stdout.take()?;
-        let reader = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = (&mut out).take(OUTPUT_MAX).read_to_end(&mut v);
-            v
-        });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) | Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    log::warn!(
-                        "stats: {prog} {} did not finish within {timeout:?}; killed",
-                        args.join(" ")
-                    );
-                    break None;
-                }
-            }
-        };
-        let bytes = reader.join().ok()?;
-        let st = status?;
-        if !st.success() {
-            log::debug!("stats: {prog} {} exited with {st}", args.join(" "));
+        if o.timed_out {
+            log::warn!(
+                "stats: {prog} {} did not finish within {timeout:?}; killed",
+                args.join(" ")
+            );
             return None;
         }
-        Some(String::from_utf8_lossy(&bytes).into_owned())
+        match &o.status {
+            Ok(st) if st.success() => Some(o.output_lossy()),
+            Ok(st) => {
+                log::debug!("stats: {prog} {} exited with {st}", args.join(" "));
+                None
+            }
+            Err(e) => {
+                log::debug!("stats: {prog} {}: {e}", args.join(" "));
+                None
+            }
+        }
     }
 }
 
@@ -764,6 +751,7 @@ pub fn read(scan: bool, survey: bool, tools: &dyn Tools) -> Wireless {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Instant;
 
     macro_rules! fx {
         ($f:literal) => {
