@@ -265,8 +265,8 @@ impl crate::jobs::typed::Health for Sources {
         healthz(self)
     }
 
-    fn usage(&self) -> Result<Value, String> {
-        usage()
+    fn usage(&self) -> Result<Value, crate::jobs::typed::Failure> {
+        Ok(usage()?)
     }
 }
 

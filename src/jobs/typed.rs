@@ -91,6 +91,19 @@ impl From<String> for Failure {
     }
 }
 
+/// Implemented by the error enum of each module that runs typed jobs: its `Display` is the
+/// text sent in `meta.error` (SPEC §4.4: `no such pid: N`, `permission denied`, …).
+pub trait JobFailure: std::fmt::Display {}
+
+impl<E: JobFailure> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            error: e.to_string(),
+            result: None,
+        }
+    }
+}
+
 /// What a typed job produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Done {
@@ -104,23 +117,23 @@ pub enum Done {
 
 /// `process.*` jobs.
 pub trait Processes: Send + Sync {
-    fn run(&self, ty: &str, args: &Value) -> Result<Value, String>;
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, Failure>;
 }
 
 /// `daemon.*` jobs (the system's init scripts or systemd units).
 pub trait Daemons: Send + Sync {
-    fn run(&self, ty: &str, args: &Value) -> Result<Value, String>;
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, Failure>;
 }
 
 /// socketman's own services: `service.list/start/stop/restart` and `service.update`.
 pub trait Services: Send + Sync {
-    fn run(&self, ty: &str, args: &Value) -> Result<Value, String>;
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, Failure>;
     fn update(&self, args: &Value) -> Result<Value, Failure>;
 }
 
 /// `agent.update`: replaces socketman itself.
 pub trait AgentUpdate: Send + Sync {
-    fn update(&self, job_id: &str, args: &Value) -> Result<Done, String>;
+    fn update(&self, job_id: &str, args: &Value) -> Result<Done, Failure>;
 }
 
 /// A fresh stats record (`stats`).
@@ -131,7 +144,7 @@ pub trait StatsSource: Send + Sync {
 /// The `healthz` document and `usage`.
 pub trait Health: Send + Sync {
     fn healthz(&self) -> Value;
-    fn usage(&self) -> Result<Value, String>;
+    fn usage(&self) -> Result<Value, Failure>;
 }
 
 /// The handlers of the typed jobs, given to the job workers.
@@ -147,7 +160,7 @@ pub struct Handlers {
 
 /// Runs typed job `ty` of job `id` with `args` (what the workers call).
 pub fn run_job(h: &Handlers, id: &str, ty: &str, args: &Value) -> Result<Done, Failure> {
-    let r = |v: Result<Value, String>| v.map(Done::Result).map_err(Failure::from);
+    let r = |v: Result<Value, Failure>| v.map(Done::Result);
     match ty {
         "ping" => Ok(Done::Result(json!({
             "uptime": crate::platform::identity::system_uptime(),
@@ -157,7 +170,7 @@ pub fn run_job(h: &Handlers, id: &str, ty: &str, args: &Value) -> Result<Done, F
         "healthz" => Ok(Done::Result(h.health.healthz())),
         "usage" => r(h.health.usage()),
         "service.update" => h.services.update(args).map(Done::Result),
-        "agent.update" => h.agent_update.update(id, args).map_err(Failure::from),
+        "agent.update" => h.agent_update.update(id, args),
         t if PROCESS_TYPES.contains(&t) => r(h.processes.run(t, args)),
         t if DAEMON_TYPES.contains(&t) => r(h.daemons.run(t, args)),
         t if SERVICE_TYPES.contains(&t) => r(h.services.run(t, args)),

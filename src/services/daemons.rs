@@ -288,8 +288,8 @@ pub fn act(cfg: &Config, name: &str, action: &str) -> Result<Value, String> {
 pub struct Daemons(pub crate::runtime::ConfigHandle);
 
 impl crate::jobs::typed::Daemons for Daemons {
-    fn run(&self, ty: &str, args: &Value) -> Result<Value, String> {
-        run(&self.0.get(), ty, args)
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, crate::jobs::typed::Failure> {
+        Ok(run(&self.0.get(), ty, args)?)
     }
 }
 

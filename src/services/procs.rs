@@ -369,8 +369,8 @@ fn kill_err(pid: i32, e: std::io::Error) -> String {
 pub struct Processes(pub Arc<Registry>);
 
 impl crate::jobs::typed::Processes for Processes {
-    fn run(&self, ty: &str, args: &Value) -> Result<Value, String> {
-        run(&self.0, ty, args)
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, crate::jobs::typed::Failure> {
+        Ok(run(&self.0, ty, args)?)
     }
 }
 

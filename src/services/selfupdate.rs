@@ -53,8 +53,8 @@ pub struct SelfUpdate {
 }
 
 impl crate::jobs::typed::AgentUpdate for SelfUpdate {
-    fn update(&self, job_id: &str, args: &Value) -> Result<Done, String> {
-        run(self, job_id, args)
+    fn update(&self, job_id: &str, args: &Value) -> Result<Done, crate::jobs::typed::Failure> {
+        Ok(run(self, job_id, args)?)
     }
 }
 

@@ -729,8 +729,8 @@ impl crate::services::update::ServiceControl for Supervisor {
 }
 
 impl crate::jobs::typed::Services for Supervisor {
-    fn run(&self, ty: &str, args: &Value) -> Result<Value, String> {
-        run_job(self, ty, args)
+    fn run(&self, ty: &str, args: &Value) -> Result<Value, crate::jobs::typed::Failure> {
+        Ok(run_job(self, ty, args)?)
     }
 
     fn update(&self, args: &Value) -> Result<Value, crate::jobs::typed::Failure> {
