@@ -431,6 +431,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                         end = reexec_self()?;
                         break;
                     }
+                    crate::services::supervisor::config_changed(&supervisor);
                 }
                 Err(e) => log::error!("HUP: {e}; keeping the running config"),
             },
@@ -445,6 +446,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                     end = reexec_self()?;
                     break;
                 }
+                crate::services::supervisor::config_changed(&supervisor);
             }
             Control::Reexec {
                 exe,

@@ -2,9 +2,11 @@
 //! back-off, `fatal` after too many failed starts, TERM→KILL stop, SERVICE events, and the
 //! `service.list/start/stop/restart` jobs.
 //!
-//! Threads: one `supervisor` thread ([`run`]) polls the children (`try_wait` every 250 ms
-//! while one runs, else it wakes when a restart is due or once a second),
-//! applies the restart policy and picks up config changes (HUP). Job workers and the watchdog
+//! Threads: one `supervisor` thread ([`run`]) blocks on its event channel, which the
+//! children's reaper threads ([`crate::platform::process::spawn_supervised`]) feed with their
+//! exits, [`config_changed`] (the agent's config-apply path) with a nudge and the stop token
+//! with a last one; it wakes by itself only when a restart is due. Each wake runs one [`tick`]:
+//! config changes, exits, due restarts, applying the restart policy. Job workers and the watchdog
 //! act on services through [`start`], [`stop`], [`restart`]; the agent's clean stop calls
 //! [`stop_all_by`]. All of them share the [`Supervisor`] handle: one mutex over the table, the
 //! config, the outbox for SERVICE events and the heartbeat table (for `last_heartbeat`); a
@@ -15,14 +17,13 @@
 
 use crate::config::{Config, RestartPolicy, ServiceConfig};
 use crate::link::outbox::Outbox;
+use crate::platform::process::{self, Exited, Leftovers, Spec, Streams, Supervised};
 use crate::runtime::{ConfigHandle, Shutdown};
 use crate::services::heartbeats::Heartbeats;
-use crate::services::procs::Exit;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -156,7 +157,7 @@ impl Policy {
 struct Svc {
     cfg: ServiceConfig,
     status: Status,
-    child: Option<Child>,
+    child: Option<Supervised>,
     pid: Option<i32>,
     exit_code: Option<i32>,
     restarts: u64,
@@ -190,7 +191,40 @@ pub struct Supervisor {
     /// One unit of the restart back-off (1 s; test builds shorten it so that the road to
     /// `fatal` does not take four minutes).
     backoff_unit: Duration,
+    /// Wakes the supervisor thread: a child exited, the config changed, the stop.
+    wake: mpsc::Sender<()>,
+    /// The receiving end, taken by [`run`].
+    wake_rx: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
 }
+
+/// Why a `service.*` job or a supervisor call failed (its `Display` is `meta.error`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SupervisorError {
+    /// No configured service has this name.
+    NoSuchService(String),
+    /// A job or the watchdog is stopping it right now.
+    BeingStopped(String),
+    /// socketman's clean stop is under way: nothing is started any more.
+    Stopping,
+    /// `/bin/sh -c cmd` could not be started.
+    Start(String),
+    /// Bad or missing job arguments.
+    Args(String),
+}
+
+impl std::fmt::Display for SupervisorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupervisorError::NoSuchService(n) => write!(f, "no such service: {n}"),
+            SupervisorError::BeingStopped(n) => write!(f, "service {n} is being stopped"),
+            SupervisorError::Stopping => write!(f, "socketman is stopping"),
+            SupervisorError::Start(m) | SupervisorError::Args(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for SupervisorError {}
+impl crate::jobs::typed::JobFailure for SupervisorError {}
 
 impl Supervisor {
     pub fn new(
@@ -200,6 +234,11 @@ impl Supervisor {
         heartbeats: Heartbeats,
         backoff_unit: Duration,
     ) -> Self {
+        let (wake, wake_rx) = mpsc::channel();
+        let stop_wake = Mutex::new(wake.clone());
+        shutdown.on_trigger(move || {
+            let _ = crate::runtime::lock(&stop_wake).send(());
+        });
         Supervisor {
             services: Arc::default(),
             cfg,
@@ -207,7 +246,14 @@ impl Supervisor {
             shutdown,
             heartbeats,
             backoff_unit,
+            wake,
+            wake_rx: Arc::new(Mutex::new(Some(wake_rx))),
         }
+    }
+
+    /// Wakes the supervisor thread.
+    fn nudge(&self) {
+        let _ = self.wake.send(());
     }
 
     /// The current config.
@@ -283,7 +329,13 @@ fn publish(sup: &Supervisor, s: &Svc) {
     );
     sup.outbox.status_event(
         "SERVICE",
-        json!({"name": s.cfg.name, "status": s.status.as_str(), "pid": s.pid, "exit_code": s.exit_code}),
+        serde_json::to_value(crate::proto::ServiceMeta {
+            exit_code: s.exit_code,
+            name: s.cfg.name.clone(),
+            pid: s.pid,
+            status: s.status.as_str().to_string(),
+        })
+        .unwrap_or(Value::Null),
     );
 }
 
@@ -319,22 +371,26 @@ fn apply_next(sup: &Supervisor, s: &mut Svc, next: Next, now: Instant) {
     publish(sup, s);
 }
 
-/// Spawns `/bin/sh -c cmd` in its own process group. On failure the policy decides.
-fn spawn_svc(sup: &Supervisor, s: &mut Svc, now: Instant) -> Result<(), String> {
+/// Spawns `/bin/sh -c cmd` in its own process group; its reaper thread wakes the supervisor
+/// when it exits. On failure the policy decides.
+fn spawn_svc(sup: &Supervisor, s: &mut Svc, now: Instant) -> Result<(), SupervisorError> {
     s.next_start = None;
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&s.cfg.cmd)
+    let mut spec = Spec::shell(&s.cfg.cmd)
         .envs(&s.cfg.env)
-        .stdin(Stdio::null())
-        .process_group(0);
+        .streams(Streams::Inherit);
     let dir = work_dir(sup, &s.cfg);
     if let Some(d) = &dir {
-        cmd.current_dir(d);
+        spec = spec.current_dir(d);
     }
-    match cmd.spawn() {
+    let wake = sup.wake.clone();
+    let name = s.cfg.name.clone();
+    // Whatever the leader leaves behind in its group goes with it (Leftovers::Kill).
+    match process::spawn_supervised(&spec, Leftovers::Kill, &|_| {}, move |e: Exited| {
+        log::debug!("service {name}: pid {} reaped", e.pid);
+        let _ = wake.send(());
+    }) {
         Ok(child) => {
-            s.pid = Some(child.id() as i32);
+            s.pid = Some(child.pid());
             s.child = Some(child);
             s.exit_code = None;
             s.policy.on_start(now);
@@ -344,62 +400,37 @@ fn spawn_svc(sup: &Supervisor, s: &mut Svc, now: Instant) -> Result<(), String> 
         }
         Err(e) => {
             let msg = format!(
-                "cannot start service {} (cmd {:?}, dir {:?}): {e}",
-                s.cfg.name, s.cfg.cmd, dir
+                "cannot start service {} (cmd {:?}, dir {:?}): {}",
+                s.cfg.name, s.cfg.cmd, dir, e.error
             );
             log::error!("{msg}");
             s.pid = None;
             s.exit_code = None;
             let next = s.policy.on_spawn_failed(now);
             apply_next(sup, s, next, now);
-            Err(msg)
+            Err(SupervisorError::Start(msg))
         }
     }
 }
 
-/// Sends TERM to every group, waits up to `grace` for the leaders, then KILLs what is left.
-fn terminate(children: Vec<(i32, Child)>, grace: Duration) -> Vec<(i32, Option<Exit>)> {
-    for (pid, _) in &children {
-        let _ = crate::platform::sys::kill_group(*pid, libc::SIGTERM);
-        let _ = crate::platform::sys::kill_group(*pid, libc::SIGCONT);
-    }
-    let deadline = Instant::now() + grace;
-    let mut pending = children;
-    let mut done = Vec::new();
-    loop {
-        let mut still = Vec::new();
-        for (pid, mut c) in pending {
-            match c.try_wait() {
-                Ok(Some(st)) => done.push((pid, Some(Exit::from_status(st)))),
-                Ok(None) => still.push((pid, c)),
-                Err(e) => {
-                    log::warn!("service pid {pid}: wait failed: {e}");
-                    done.push((pid, None));
-                }
+/// TERM to every group, KILL after `grace` ([`process::terminate`]); logs what needed KILL.
+fn terminate(children: Vec<Supervised>, grace: Duration) -> Vec<(i32, Option<Exited>)> {
+    let done = process::terminate(&children, grace);
+    for (pid, e) in &done {
+        match e {
+            Some(e) if e.signal() == Some(libc::SIGKILL) => {
+                log::warn!("service pid {pid}: still alive {grace:?} after TERM, KILLed")
             }
+            Some(_) => {}
+            None => log::warn!("service pid {pid}: not reaped after KILL"),
         }
-        pending = still;
-        if pending.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (pid, mut c) in pending {
-        log::warn!("service pid {pid}: still alive {grace:?} after TERM, sending KILL");
-        let _ = crate::platform::sys::kill_group(pid, libc::SIGKILL);
-        done.push((pid, c.wait().ok().map(Exit::from_status)));
-    }
-    // Leftover members of the groups (the leader is gone) get KILL too.
-    for (pid, _) in &done {
-        let _ = crate::platform::sys::kill_group(*pid, libc::SIGKILL);
     }
     done
 }
 
-/// Poll period while a service runs (how soon an exit is seen).
-const POLL_RUNNING: Duration = Duration::from_millis(250);
-/// Wait when nothing runs or is due (how soon a HUP's new services start).
-const POLL_IDLE: Duration = Duration::from_secs(1);
+/// Longest sleep of the supervisor thread when nothing is due (a safety net: exits, config
+/// changes and the stop wake it at once).
+const IDLE: Duration = Duration::from_secs(60);
 
 /// One supervisor step at `now`: config changes, exits, due restarts. Returns how long the
 /// thread may sleep before the next step.
@@ -408,7 +439,7 @@ pub fn tick(sup: &Supervisor, now: Instant) -> Duration {
     let services = &sup.services;
     let mut t = services.lock();
     if t.shutdown || sup.shutdown.is_set() {
-        return POLL_IDLE;
+        return IDLE;
     }
     // Config: new services, changed ones (applied at their next start), removed ones.
     for c in &cfg.services {
@@ -444,8 +475,8 @@ pub fn tick(sup: &Supervisor, now: Instant) -> Duration {
             "service {}: removed from the config, stopping it",
             s.cfg.name
         );
-        if let (Some(pid), Some(child)) = (s.pid, s.child.take()) {
-            removed.push((pid, child));
+        if let Some(child) = s.child.take() {
+            removed.push(child);
         }
         false
     });
@@ -457,39 +488,30 @@ pub fn tick(sup: &Supervisor, now: Instant) -> Duration {
             });
     }
     for s in t.svcs.iter_mut() {
-        if let Some(child) = s.child.as_mut() {
-            match child.try_wait() {
-                Ok(Some(st)) => {
-                    let exit = Exit::from_status(st);
+        if let Some(child) = s.child.as_ref() {
+            match child.exited() {
+                Some(exit) => {
                     s.child = None;
                     let pid = s.pid.take();
-                    s.exit_code = exit.code;
+                    s.exit_code = exit.code();
                     log::warn!(
                         "service {}: pid {pid:?} ended (exit code {:?}, signal {:?})",
                         s.cfg.name,
-                        exit.code,
-                        exit.signal
+                        exit.code(),
+                        exit.signal()
                     );
-                    if let Some(p) = pid {
-                        // Whatever the leader left behind in its group goes with it.
-                        let _ = crate::platform::sys::kill_group(p, libc::SIGKILL);
-                    }
-                    let next = s.policy.on_exit(now, exit.code == Some(0), s.cfg.restart);
+                    let next = s.policy.on_exit(now, exit.code() == Some(0), s.cfg.restart);
                     apply_next(sup, s, next, now);
                 }
-                Ok(None) => {}
-                Err(e) => log::warn!("service {}: wait failed: {e}", s.cfg.name),
+                None => {}
             }
         }
         if s.child.is_none() && !s.busy && s.next_start.is_some_and(|t| t <= now) {
             let _ = spawn_svc(sup, s, now);
         }
     }
-    let mut wait = POLL_IDLE;
+    let mut wait = IDLE;
     for s in &t.svcs {
-        if s.child.is_some() {
-            wait = wait.min(POLL_RUNNING);
-        }
         if let Some(due) = s.next_start {
             wait = wait.min(due.saturating_duration_since(now));
         }
@@ -504,14 +526,28 @@ pub fn run(sup: Supervisor) -> impl FnOnce() + Send + 'static {
             "supervisor: {} service(s) configured",
             sup.cfg().services.len()
         );
+        let Some(rx) = crate::runtime::lock(&sup.wake_rx).take() else {
+            log::error!("supervisor: started twice; this one ends");
+            return;
+        };
         loop {
             let wait = tick(&sup, Instant::now());
-            if sup.shutdown.wait_timeout(wait) {
+            if sup.shutdown.is_set() {
                 break;
+            }
+            match rx.recv_timeout(wait) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         log::info!("supervisor: stopping (services are stopped by stop_all)");
     }
+}
+
+/// The config changed (the agent's apply path): the supervisor thread picks up new,
+/// changed and removed services now.
+pub fn config_changed(sup: &Supervisor) {
+    sup.nudge();
 }
 
 /// Every service as in healthz.
@@ -558,7 +594,7 @@ pub fn heartbeats(sup: &Supervisor, name: &str) -> bool {
         .any(|s| s.name == name && s.heartbeat)
 }
 
-fn known(sup: &Supervisor, t: &mut Table, name: &str) -> Result<(), String> {
+fn known(sup: &Supervisor, t: &mut Table, name: &str) -> Result<(), SupervisorError> {
     if t.svcs.iter().any(|s| s.cfg.name == name) {
         return Ok(());
     }
@@ -578,22 +614,22 @@ fn known(sup: &Supervisor, t: &mut Table, name: &str) -> Result<(), String> {
             });
             Ok(())
         }
-        None => Err(format!("no such service: {name}")),
+        None => Err(SupervisorError::NoSuchService(name.to_string())),
     }
 }
 
 /// Starts a service now (also out of `fatal`). Already running: its entry unchanged.
-pub fn start(sup: &Supervisor, name: &str) -> Result<Value, String> {
+pub fn start(sup: &Supervisor, name: &str) -> Result<Value, SupervisorError> {
     let mut t = sup.services.lock();
     if t.shutdown {
-        return Err("socketman is stopping".into());
+        return Err(SupervisorError::Stopping);
     }
     known(sup, &mut t, name)?;
     let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
-        return Err(format!("no such service: {name}"));
+        return Err(SupervisorError::NoSuchService(name.to_string()));
     };
     if s.busy {
-        return Err(format!("service {name} is being stopped"));
+        return Err(SupervisorError::BeingStopped(name.to_string()));
     }
     if s.child.is_none() {
         s.policy.reset();
@@ -603,15 +639,15 @@ pub fn start(sup: &Supervisor, name: &str) -> Result<Value, String> {
 }
 
 /// Stops a service: TERM to its group, KILL after 10 s. It stays stopped until started.
-pub fn stop(sup: &Supervisor, name: &str) -> Result<Value, String> {
+pub fn stop(sup: &Supervisor, name: &str) -> Result<Value, SupervisorError> {
     let (pid, child) = {
         let mut t = sup.services.lock();
         known(sup, &mut t, name)?;
         let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
-            return Err(format!("no such service: {name}"));
+            return Err(SupervisorError::NoSuchService(name.to_string()));
         };
         if s.busy {
-            return Err(format!("service {name} is being stopped"));
+            return Err(SupervisorError::BeingStopped(name.to_string()));
         }
         s.next_start = None;
         match (s.pid, s.child.take()) {
@@ -626,23 +662,23 @@ pub fn stop(sup: &Supervisor, name: &str) -> Result<Value, String> {
         }
     };
     log::info!("service {name}: stopping pid {pid}");
-    let done = terminate(vec![(pid, child)], STOP_GRACE);
-    let exit = done.first().and_then(|(_, e)| *e);
+    let done = terminate(vec![child], STOP_GRACE);
+    let exit = done.into_iter().next().and_then(|(_, e)| e);
     let mut t = sup.services.lock();
     let Some(s) = t.svcs.iter_mut().find(|s| s.cfg.name == name) else {
-        return Err(format!("no such service: {name}"));
+        return Err(SupervisorError::NoSuchService(name.to_string()));
     };
     s.busy = false;
     s.pid = None;
     s.policy.started_at = None;
-    s.exit_code = exit.and_then(|e| e.code);
+    s.exit_code = exit.and_then(|e| e.code());
     s.status = Status::Stopped;
     publish(sup, s);
     Ok(entry_json(sup, s))
 }
 
 /// Stop (when running) and start again; counted in `restarts`.
-pub fn restart(sup: &Supervisor, name: &str) -> Result<Value, String> {
+pub fn restart(sup: &Supervisor, name: &str) -> Result<Value, SupervisorError> {
     stop(sup, name)?;
     {
         let mut t = sup.services.lock();
@@ -667,15 +703,14 @@ pub fn stop_all_by(sup: &Supervisor, deadline: Instant) {
 }
 
 fn stop_all_within(sup: &Supervisor, grace: Duration) {
-    let children: Vec<(i32, Child)> = {
+    let children: Vec<Supervised> = {
         let mut t = sup.services.lock();
         t.shutdown = true;
         t.svcs
             .iter_mut()
             .filter_map(|s| {
                 s.next_start = None;
-                let c = s.child.take()?;
-                Some((s.pid?, c))
+                s.child.take()
             })
             .collect()
     };
@@ -688,7 +723,7 @@ fn stop_all_within(sup: &Supervisor, grace: Duration) {
     for (pid, exit) in done {
         if let Some(s) = t.svcs.iter_mut().find(|s| s.pid == Some(pid)) {
             s.pid = None;
-            s.exit_code = exit.and_then(|e| e.code);
+            s.exit_code = exit.and_then(|e| e.code());
             s.status = Status::Stopped;
             publish(sup, s);
         }
@@ -696,16 +731,17 @@ fn stop_all_within(sup: &Supervisor, grace: Duration) {
 }
 
 /// Runs one `service.*` job.
-pub fn run_job(sup: &Supervisor, ty: &str, args: &Value) -> Result<Value, String> {
+pub fn run_job(sup: &Supervisor, ty: &str, args: &Value) -> Result<Value, SupervisorError> {
     if ty == "service.list" {
         return Ok(json!({ "services": entries(sup) }));
     }
-    let name = crate::services::procs::arg_str(args, "name")?;
+    let name = crate::services::procs::arg_str(args, "name")
+        .map_err(|e| SupervisorError::Args(e.to_string()))?;
     match ty {
         "service.start" => start(sup, name),
         "service.stop" => stop(sup, name),
         "service.restart" => restart(sup, name),
-        other => Err(format!("unknown_type: {other}")),
+        other => Err(SupervisorError::Args(format!("unknown_type: {other}"))),
     }
 }
 
@@ -714,7 +750,7 @@ impl crate::services::update::ServiceControl for Supervisor {
         set_updating(self, name, updating);
     }
     fn restart(&self, name: &str) -> Result<(), String> {
-        restart(self, name).map(|_| ())
+        restart(self, name).map(|_| ()).map_err(|e| e.to_string())
     }
     fn observe(&self, name: &str) -> Option<crate::services::update::Observation> {
         let i = info(self, name)?;
@@ -1004,7 +1040,14 @@ mod tests {
         assert_eq!(s["pid"], Value::Null);
         tick(&a, Instant::now() + Duration::from_secs(100));
         assert_eq!(status_of(&a, "m"), Status::Stopped);
-        assert_eq!(start(&a, "nope").unwrap_err(), "no such service: nope");
+        assert_eq!(
+            start(&a, "nope").unwrap_err(),
+            SupervisorError::NoSuchService("nope".into())
+        );
+        assert_eq!(
+            start(&a, "nope").unwrap_err().to_string(),
+            "no such service: nope"
+        );
         assert_eq!(entries(&a).len(), 1);
     }
 
