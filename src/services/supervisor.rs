@@ -488,23 +488,18 @@ pub fn tick(sup: &Supervisor, now: Instant) -> Duration {
             });
     }
     for s in t.svcs.iter_mut() {
-        if let Some(child) = s.child.as_ref() {
-            match child.exited() {
-                Some(exit) => {
-                    s.child = None;
-                    let pid = s.pid.take();
-                    s.exit_code = exit.code();
-                    log::warn!(
-                        "service {}: pid {pid:?} ended (exit code {:?}, signal {:?})",
-                        s.cfg.name,
-                        exit.code(),
-                        exit.signal()
-                    );
-                    let next = s.policy.on_exit(now, exit.code() == Some(0), s.cfg.restart);
-                    apply_next(sup, s, next, now);
-                }
-                None => {}
-            }
+        if let Some(exit) = s.child.as_ref().and_then(Supervised::exited) {
+            s.child = None;
+            let pid = s.pid.take();
+            s.exit_code = exit.code();
+            log::warn!(
+                "service {}: pid {pid:?} ended (exit code {:?}, signal {:?})",
+                s.cfg.name,
+                exit.code(),
+                exit.signal()
+            );
+            let next = s.policy.on_exit(now, exit.code() == Some(0), s.cfg.restart);
+            apply_next(sup, s, next, now);
         }
         if s.child.is_none() && !s.busy && s.next_start.is_some_and(|t| t <= now) {
             let _ = spawn_svc(sup, s, now);
