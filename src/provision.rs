@@ -213,7 +213,7 @@ pub fn boot(cfg: &Config, mac: &str) {
     }
     if let Some(cmd) = cfg.boot_cmd.as_deref().filter(|c| !c.trim().is_empty()) {
         log::info!("running boot_cmd");
-        let (ok, detail) = crate::net::monitor::run_cmd(
+        let (ok, detail) = crate::platform::shell::run_summary(
             cmd,
             Duration::from_secs(cfg.job_timeout),
             cfg.job_output_max,

@@ -12,7 +12,6 @@ pub mod intake;
 pub mod network;
 pub mod rest;
 pub mod seen;
-pub mod shell;
 pub mod typed;
 
 use crate::link::outbox::Outbox;
@@ -229,7 +228,7 @@ impl Jobs {
                 let cmd = job.msg.clone().unwrap_or_default();
                 let id = job.id.clone();
                 let run = || {
-                    shell::run_shell_tracked(
+                    crate::platform::shell::run_shell_tracked(
                         &cmd,
                         Duration::from_secs(job.timeout),
                         cfg.job_output_max,

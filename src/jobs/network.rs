@@ -224,7 +224,7 @@ pub fn run_guarded<T>(ctx: &Context, run: impl FnOnce() -> T) -> (T, Value) {
         !crate::net::recovery::is_offline(code)
     };
     let restart = || {
-        let (ok, detail) = crate::net::monitor::run_cmd(
+        let (ok, detail) = crate::platform::shell::run_summary(
             &cfg.network_restart_cmd,
             Duration::from_secs(cfg.job_timeout),
             cfg.job_output_max,
@@ -246,16 +246,16 @@ pub fn run_guarded<T>(ctx: &Context, run: impl FnOnce() -> T) -> (T, Value) {
     )
 }
 
-/// A `network` job: `cmd` as a shell job (`jobs::shell::run_shell`) inside [`run_guarded`].
+/// A `network` job: `cmd` as a shell job (`platform::shell::run_shell`) inside [`run_guarded`].
 /// Returns the shell outcome and the job's `result` object.
 pub fn run_network_job(
     ctx: &Context,
     cmd: &str,
     timeout: Duration,
     output_max: usize,
-) -> (crate::jobs::shell::ShellOutcome, Value) {
+) -> (crate::platform::shell::ShellOutcome, Value) {
     run_guarded(ctx, || {
-        crate::jobs::shell::run_shell(cmd, timeout, output_max)
+        crate::platform::shell::run_shell(cmd, timeout, output_max)
     })
 }
 

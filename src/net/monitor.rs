@@ -239,7 +239,7 @@ fn perform(m: &Monitor, cfg: &Config, action: Action) {
             );
             // The restart must be over before the reboot step is due.
             let limit = cfg.job_timeout.min(cfg.reboot / 2).max(10);
-            let (ok, detail) = run_cmd(
+            let (ok, detail) = crate::platform::shell::run_summary(
                 &cfg.network_restart_cmd,
                 Duration::from_secs(limit),
                 cfg.job_output_max,
@@ -256,29 +256,6 @@ fn log_cmd(what: &str, ok: bool, detail: &str) {
     } else {
         log::warn!("{what} failed: {detail}");
     }
-}
-
-/// Runs `cmd` with `jobs::shell::run_shell` (own process group, killed after `timeout`).
-/// Returns success (exit 0) and a one-line summary with the start of the output.
-pub(crate) fn run_cmd(cmd: &str, timeout: Duration, output_max: usize) -> (bool, String) {
-    let out = crate::jobs::shell::run_shell(cmd, timeout, output_max);
-    let head: String = out
-        .output
-        .lines()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" | ")
-        .chars()
-        .take(300)
-        .collect();
-    let status = match (&out.spawn_error, out.timed_out, out.exit_code, out.signal) {
-        (Some(e), _, _, _) => format!("not started: {e}"),
-        (None, true, _, _) => format!("timed out after {} s", timeout.as_secs()),
-        (None, false, Some(c), _) => format!("exit code {c}"),
-        (None, false, None, Some(sig)) => format!("killed by signal {sig}"),
-        (None, false, None, None) => "no exit status".to_string(),
-    };
-    (out.success(), format!("{status}; output: {head:?}"))
 }
 
 /// Path of the reboot marker for `cfg`.
@@ -299,7 +276,7 @@ fn reboot_sequence(m: &Monitor, cfg: &Config, offline_s: u64) {
         log::error!("reboot marker {}: {e}", path.display());
     }
     (m.before_reboot)();
-    let (ok, detail) = run_cmd(
+    let (ok, detail) = crate::platform::shell::run_summary(
         &cfg.reboot_cmd,
         Duration::from_secs(cfg.job_timeout.clamp(10, 60)),
         cfg.job_output_max,

@@ -5,4 +5,5 @@
 pub mod fs;
 pub mod identity;
 pub mod process;
+pub mod shell;
 pub mod sys;

@@ -1,5 +1,6 @@
-//! Shell jobs: `/bin/sh -c CMD` in its own process group, stdout and stderr interleaved as
-//! produced (one pipe for both), output kept up to a limit (the rest is read and thrown away so
+//! `/bin/sh -c CMD` for shell jobs, `network_restart_cmd`, `reboot_cmd` and `boot_cmd`
+//! ([`run_summary`]): in its own process group, stdout and stderr interleaved as produced
+//! (one pipe for both), output kept up to a limit (the rest is read and thrown away so
 //! the child never blocks), a timeout that kills the whole group (TERM, then KILL after 5 s).
 //! Runs on [`crate::platform::process::run`]: the calling thread (a job worker) blocks until
 //! the shell ends or times out; the runner adds a waiter and a reader thread per job.
@@ -81,6 +82,29 @@ pub fn run_shell_tracked(
         duration: start.elapsed(),
         spawn_error: None,
     }
+}
+
+/// Runs `cmd` with [`run_shell`] (own process group, killed after `timeout`).
+/// Returns success (exit 0) and a one-line summary with the start of the output.
+pub fn run_summary(cmd: &str, timeout: Duration, output_max: usize) -> (bool, String) {
+    let out = run_shell(cmd, timeout, output_max);
+    let head: String = out
+        .output
+        .lines()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" | ")
+        .chars()
+        .take(300)
+        .collect();
+    let status = match (&out.spawn_error, out.timed_out, out.exit_code, out.signal) {
+        (Some(e), _, _, _) => format!("not started: {e}"),
+        (None, true, _, _) => format!("timed out after {} s", timeout.as_secs()),
+        (None, false, Some(c), _) => format!("exit code {c}"),
+        (None, false, None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, false, None, None) => "no exit status".to_string(),
+    };
+    (out.success(), format!("{status}; output: {head:?}"))
 }
 
 #[cfg(test)]
