@@ -579,3 +579,55 @@ fn hup_with_new_mqtt_settings_restarts_in_place_on_the_new_topic() {
     assert_eq!(a.run("after-hup", "echo moved")["meta"]["msg"], "moved\n");
     assert!(a.log().contains("restarting in place"), "{}", a.log());
 }
+
+#[test]
+fn a_panic_in_a_worker_ends_the_process_and_a_respawn_answers_the_job() {
+    // Panic policy: a panic anywhere is logged once and aborts, so that procd/systemd start
+    // a fresh process (a live process with a dead thread would hear nothing). The
+    // `test.panic` job type exists only in test-hooks builds.
+    let b = Broker::start();
+    let mut a = Agent::start(&b, |_| {});
+    a.send_job(&json!({"id": "boom", "timestamp": now(), "meta": {"type": "test.panic"}}));
+    a.wait_msg(Topic::Delivery, |v| v["id"] == "boom", T);
+    let mut child = a.child.take().expect("running");
+    let end = Instant::now() + T;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < end,
+            "still running after the panic\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(6), "aborted (SIGABRT): {status:?}");
+    let log = a.log();
+    assert_eq!(
+        log.matches("panic in thread job-worker-").count(),
+        1,
+        "logged once\n{log}"
+    );
+    assert_eq!(a.count(Topic::Pub, |v| v["id"] == "boom"), 0);
+    // What procd/systemd do: start it again. The interrupted job is answered once.
+    a.spawn();
+    let p = a.answer("boom", T);
+    assert_eq!(p["event_type"], "PROCESSED");
+    assert_eq!(p["meta"]["success"], false);
+    assert!(
+        p["meta"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("interrupted"),
+        "{p}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        a.count(Topic::Pub, |v| v["id"] == "boom"),
+        1,
+        "answered once"
+    );
+    let _ = a.term();
+}

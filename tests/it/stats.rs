@@ -15,7 +15,7 @@
 
 use crate::http::{HttpServer, Request};
 use crate::stats_wire as wire;
-use crate::support::{run_bin, Agent, Broker};
+use crate::support::{self, run_bin, Agent, Broker, Topic};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -385,6 +385,85 @@ fn stats_401_with_init_url_reprovisions_and_resumes() {
     let log = a.log();
     assert!(log.contains("re-provisioned after 401"), "{log}");
     assert!(!log.contains("old-token") && !log.contains("new-token"));
+    let _ = a.term();
+}
+
+#[test]
+fn reprovisioning_that_changes_the_topic_answers_on_the_new_topic() {
+    // One config-apply path: a 401 re-provisioning whose config moves the device to another
+    // topic must re-execute the agent (as a HUP would), not log "applied" and keep the old
+    // topics.
+    let b = Broker::start();
+    let api = HttpServer::start(move |r| {
+        if r.query().get("access_token").map(String::as_str) == Some("new-token") {
+            Some((200, "{}".into()))
+        } else {
+            Some((401, "{}".into()))
+        }
+    });
+    let mut a = prepare(&b, &api.url("/v1/stats"), |c| {
+        c["token"] = json!("old-token")
+    });
+    let new_topic = format!("moved{}", support::unique());
+    let mut fresh = a.config();
+    fresh["token"] = json!("new-token");
+    fresh["topic"] = json!(new_topic);
+    let body = fresh.to_string();
+    let init = HttpServer::start(move |_| Some((200, body.clone())));
+    a.extra_args = vec!["-b".into(), init.url("/init")];
+    let moved = support::Client::connect(b.port, &new_topic, &a.key, &a.mac);
+    a.spawn();
+    a.wait_online(1);
+    let pid = a.pid();
+    // The old topic hears the clean stop's offline CONNECT, the new one the online CONNECT.
+    wait_until(&a, "offline CONNECT on the old topic", |x| {
+        x.count(Topic::Status, |v| {
+            v["event_type"] == "CONNECT" && v["meta"]["online"] == "0"
+        }) >= 1
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    while !moved
+        .all()
+        .iter()
+        .any(|m| m.json["event_type"] == "CONNECT" && m.json["meta"]["online"] == "1")
+    {
+        assert!(
+            Instant::now() < end,
+            "not online on the new topic\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.pid(), pid, "re-executed in place (same pid)");
+    moved.send_raw(
+        json!({"id": "after-move", "timestamp": support::now(), "meta": {"msg": "echo moved"}})
+            .to_string()
+            .as_bytes(),
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Some(m) = moved
+            .all()
+            .into_iter()
+            .find(|m| m.topic == Topic::Pub && m.json["id"] == "after-move")
+        {
+            break m.json;
+        }
+        assert!(
+            Instant::now() < end,
+            "no answer on the new topic\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(answer["meta"]["msg"], "moved\n");
+    assert_eq!(
+        a.count(Topic::Pub, |v| v["id"] == "after-move"),
+        0,
+        "nothing on the old topic"
+    );
+    assert_eq!(a.config()["topic"], json!(new_topic), "new config written");
+    assert!(a.log().contains("restarting in place"), "{}", a.log());
     let _ = a.term();
 }
 
