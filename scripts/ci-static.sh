@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI step for issue 7: static musl builds for x86_64 and aarch64, the qemu round trip
-# (version, collect-once, job over MQTT and MQTT/TLS) for both, and an .ipk per target,
+# (version, collect-once, job over MQTT and MQTT/TLS) for both, a check that the release
+# binary carries no test hooks (scripts/check-no-test-hooks.sh), and an .ipk per target,
 # unpacked and checked; first the procd init script test. Installs what is missing (apt, rustup, pip); caches nothing
 # outside the repository's target/ directory.
 #
@@ -35,6 +36,7 @@ for t in $TARGETS; do
     scripts/build-static.sh "$t"
     b=$(( $(date +%s) - s ))
     bin=target/$t/release/socketman
+    scripts/check-no-test-hooks.sh "$bin"
     s=$(date +%s)
     echo "=== qemu round trip $t"
     scripts/qemu-roundtrip.sh "$t" "$bin"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): installs what is missing, then runs cargo fmt --check,
 # clippy -D warnings, every test (unit + integration against a real mosquitto), and — unless
-# SKIP_STATIC=1 — the static musl builds with their qemu round trip (scripts/ci-static.sh).
+# SKIP_STATIC=1 — the static musl builds with their qemu round trip and the check that the
+# release binaries carry no test hooks (`strings`: no SOCKETMAN_TEST, scripts/ci-static.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ have pkg-config || need+=(pkg-config)
 { have pkg-config && pkg-config --exists openssl; } || need+=(libssl-dev)
 have cc || need+=(build-essential)
 have file || need+=(file)
+have strings || need+=(binutils)
 have python3 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
