@@ -116,7 +116,7 @@ EOF
 
 # start_agent DIR [BINARY] → sets APID (log in DIR/log)
 start_agent() {
-  DEBUG=1 SOCKETMAN_TEST_NO_FORCE_REBOOT=1 "${2:-$SM}" --config="$1/config.json" >>"$1/log" 2>&1 </dev/null &
+  DEBUG=1 "${2:-$SM}" --config="$1/config.json" >>"$1/log" 2>&1 </dev/null &
   APID=$!
   PIDS+=("$APID")
 }
