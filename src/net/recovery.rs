@@ -1,7 +1,7 @@
 //! The recovery state machine of SPEC §6, as a pure value: it is fed the result of each
 //! connectivity check with the monotonic `Instant` it was taken at, and answers with the
 //! actions to perform. It owns no thread, reads no clock and performs nothing itself; the
-//! monitor thread (`src/monitor.rs`) owns the one instance, runs the actions and is the only
+//! monitor thread (`src/net/monitor.rs`) owns the one instance, runs the actions and is the only
 //! caller. Because only `Instant`s come in, wall-clock jumps (NTP setting a router's clock
 //! from 1970 to today, a manual `date -s`) cannot shorten or lengthen an outage.
 //!

@@ -27,7 +27,7 @@
 //! end with the child (the reader: when the last holder of the pipe closes it). The caller of
 //! [`run`] blocks in `recv_timeout` on the waiter's channel until the deadline.
 //!
-//! Using it from the supervisor (services/supervisor.rs), instead of `Child` + `try_wait`:
+//! How the supervisor (services/supervisor.rs) uses it:
 //! - start: `spawn_supervised(&Spec::shell(&cmd).envs(&env).current_dir(dir)
 //!   .streams(Streams::Inherit), Leftovers::Kill, &|_| {}, move |e| { let _ = tx.send(e); })`
 //!   where `tx` is a `Sender<Exited>` whose receiver the supervisor thread owns;

@@ -10,7 +10,7 @@
 //! [`ServiceControl`] trait, so the orchestration is unit-tested with a fake.
 //!
 //! The download helpers ([`download`], [`check_sha256`], [`parse_sha256`], [`validate_url`])
-//! are shared with the self-update (`src/selfupdate.rs`).
+//! are shared with the self-update (`src/services/selfupdate.rs`).
 //!
 //! Result on a rolled-back update: the job fails (`success:false`) with
 //! `error: "new version did not stay up (<why>); rolled back to <previous>"` and still
