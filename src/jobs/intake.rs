@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
+use crate::proto::{ErrorCode, JobError};
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -57,12 +58,12 @@ pub fn kind_of(ty: &str) -> Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub id: Option<String>,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
 }
 
 impl Rejection {
-    fn new(id: Option<String>, code: &'static str, detail: impl Into<String>) -> Self {
+    fn new(id: Option<String>, code: ErrorCode, detail: impl Into<String>) -> Self {
         Rejection {
             id,
             code,
@@ -70,9 +71,14 @@ impl Rejection {
         }
     }
 
+    /// The SPEC §4.2 error (code and detail) for the REJECTED.
+    pub fn error(&self) -> JobError {
+        JobError::new(self.code, self.detail.clone())
+    }
+
     /// `"<code>: <detail>"` as sent in `meta.error`.
     pub fn message(&self) -> String {
-        format!("{}: {}", self.code, self.detail)
+        self.error().to_string()
     }
 }
 
@@ -133,7 +139,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
     if payload.len() > MAX_JOB_BYTES {
         return Err(Rejection::new(
             None,
-            "invalid",
+            ErrorCode::Invalid,
             format!(
                 "message is {} bytes, over the {MAX_JOB_BYTES} byte limit",
                 payload.len()
@@ -141,16 +147,16 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
         ));
     }
     if payload.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Rejection::new(None, "invalid", "empty message"));
+        return Err(Rejection::new(None, ErrorCode::Invalid, "empty message"));
     }
     let text = std::str::from_utf8(payload)
-        .map_err(|e| Rejection::new(None, "invalid", format!("not UTF-8 text ({e})")))?;
+        .map_err(|e| Rejection::new(None, ErrorCode::Invalid, format!("not UTF-8 text ({e})")))?;
     let outer: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(None, "invalid", format!("not JSON: {e}")))?;
+        .map_err(|e| Rejection::new(None, ErrorCode::Invalid, format!("not JSON: {e}")))?;
     let Value::Object(outer_obj) = outer else {
         return Err(Rejection::new(
             None,
-            "invalid",
+            ErrorCode::Invalid,
             format!("expected a JSON object, found {}", describe(&outer)),
         ));
     };
@@ -164,7 +170,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
                 let id = valid_id(&outer_obj);
                 return Err(Rejection::new(
                     id,
-                    "unsigned",
+                    ErrorCode::Unsigned,
                     "jobs must be wrapped as {\"signed\":…,\"sig\":…}",
                 ));
             };
@@ -173,7 +179,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
             if !verify(secret, signed, sig) {
                 return Err(Rejection::new(
                     id,
-                    "bad_signature",
+                    ErrorCode::BadSignature,
                     "HMAC-SHA256 of \"signed\" does not match \"sig\"",
                 ));
             }
@@ -182,7 +188,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
                 None => {
                     return Err(Rejection::new(
                         None,
-                        "invalid",
+                        ErrorCode::Invalid,
                         "\"signed\" is not a JSON object",
                     ))
                 }
@@ -193,12 +199,12 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
 
     let id = match obj.get("id") {
         Some(Value::String(s)) if s.is_empty() => {
-            return Err(Rejection::new(None, "invalid", "\"id\" is empty"))
+            return Err(Rejection::new(None, ErrorCode::Invalid, "\"id\" is empty"))
         }
         Some(Value::String(s)) if s.chars().count() > 64 => {
             return Err(Rejection::new(
                 None,
-                "invalid",
+                ErrorCode::Invalid,
                 format!("\"id\" is {} characters, over 64", s.chars().count()),
             ))
         }
@@ -206,14 +212,19 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
         Some(other) => {
             return Err(Rejection::new(
                 None,
-                "invalid",
+                ErrorCode::Invalid,
                 format!("\"id\" must be a string, found {}", describe(other)),
             ))
         }
-        None => return Err(Rejection::new(None, "invalid", "\"id\" is missing")),
+        None => {
+            return Err(Rejection::new(
+                None,
+                ErrorCode::Invalid,
+                "\"id\" is missing",
+            ))
+        }
     };
-    let reject =
-        |code: &'static str, detail: String| Rejection::new(Some(id.clone()), code, detail);
+    let reject = |code: ErrorCode, detail: String| Rejection::new(Some(id.clone()), code, detail);
 
     let timestamp = match obj.get("timestamp") {
         None | Some(Value::Null) => None,
@@ -221,7 +232,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
             Some(t) => Some(t),
             None => {
                 return Err(reject(
-                    "invalid",
+                    ErrorCode::Invalid,
                     "\"timestamp\" is not a usable number".into(),
                 ))
             }
@@ -230,14 +241,14 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
             Ok(t) => Some(t),
             Err(_) => {
                 return Err(reject(
-                    "invalid",
+                    ErrorCode::Invalid,
                     format!("\"timestamp\" must be a number, found \"{s}\""),
                 ))
             }
         },
         Some(other) => {
             return Err(reject(
-                "invalid",
+                ErrorCode::Invalid,
                 format!("\"timestamp\" must be a number, found {}", describe(other)),
             ))
         }
@@ -245,10 +256,10 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
 
     let meta = match obj.get("meta") {
         Some(Value::Object(m)) => m,
-        None => return Err(reject("invalid", "\"meta\" is missing".into())),
+        None => return Err(reject(ErrorCode::Invalid, "\"meta\" is missing".into())),
         Some(other) => {
             return Err(reject(
-                "invalid",
+                ErrorCode::Invalid,
                 format!("\"meta\" must be an object, found {}", describe(other)),
             ))
         }
@@ -259,7 +270,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
             return Err(reject(
-                "invalid",
+                ErrorCode::Invalid,
                 format!("\"meta.type\" must be a string, found {}", describe(other)),
             ))
         }
@@ -269,7 +280,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
         match timestamp {
             None => {
                 return Err(reject(
-                    "expired",
+                    ErrorCode::Expired,
                     format!("no \"timestamp\" and job_max_age is {} s", cfg.job_max_age),
                 ))
             }
@@ -277,13 +288,13 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
                 let age = now as i64 - t;
                 if age > cfg.job_max_age as i64 {
                     return Err(reject(
-                        "expired",
+                        ErrorCode::Expired,
                         format!("job is {age} s old, over job_max_age {} s", cfg.job_max_age),
                     ));
                 }
                 if -age > cfg.job_max_age as i64 {
                     return Err(reject(
-                        "expired",
+                        ErrorCode::Expired,
                         format!("timestamp is {} s in the future", -age),
                     ));
                 }
@@ -294,7 +305,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
     let kind = kind_of(&ty);
     if ty.contains('.') && kind != Kind::Typed {
         return Err(reject(
-            "unknown_type",
+            ErrorCode::UnknownType,
             format!("\"{ty}\" is not a job type of socketman {}", crate::VERSION),
         ));
     }
@@ -302,7 +313,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
         let shell_alias = kind == Kind::Shell && allowed.iter().any(|a| a == "cmd");
         if !allowed.iter().any(|a| a == &ty) && !shell_alias {
             return Err(reject(
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!("type \"{ty}\" is not in job_types"),
             ));
         }
@@ -313,14 +324,14 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
             return Err(reject(
-                "invalid",
+                ErrorCode::Invalid,
                 format!("\"meta.msg\" must be a string, found {}", describe(other)),
             ))
         }
     };
     if kind != Kind::Typed && msg.as_deref().is_none_or(|m| m.trim().is_empty()) {
         return Err(reject(
-            "invalid",
+            ErrorCode::Invalid,
             "\"meta.msg\" (the command) is missing or empty".into(),
         ));
     }
@@ -329,7 +340,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
         Some(v @ Value::Object(_)) => v.clone(),
         Some(other) => {
             return Err(reject(
-                "invalid",
+                ErrorCode::Invalid,
                 format!("\"meta.args\" must be an object, found {}", describe(other)),
             ))
         }
@@ -346,7 +357,7 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
                 Some(t) if t > 0.0 => (t.ceil() as u64).min(cfg.job_timeout_max),
                 _ => {
                     return Err(reject(
-                        "invalid",
+                        ErrorCode::Invalid,
                         format!("\"meta.timeout\" must be a positive number of seconds, found {v}"),
                     ))
                 }
@@ -509,7 +520,10 @@ mod tests {
         assert_eq!(parse(good.as_bytes(), &c, now).unwrap().id, "j1");
         let bad = wrap(&inner, &sign("other", &inner));
         let r = parse(bad.as_bytes(), &c, now).unwrap_err();
-        assert_eq!((r.code, r.id.as_deref()), ("bad_signature", Some("j1")));
+        assert_eq!(
+            (r.code, r.id.as_deref()),
+            (ErrorCode::BadSignature, Some("j1"))
+        );
         assert_eq!(
             parse(wrap(&inner, "zz").as_bytes(), &c, now)
                 .unwrap_err()

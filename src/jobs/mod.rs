@@ -16,11 +16,13 @@ pub mod typed;
 
 use crate::link::outbox::Outbox;
 use crate::net::{NetStatus, RecoveryPause};
-use crate::proto::{now, Topic};
+use crate::proto::{
+    now, Delivered, ErrorCode, JobError, Processed, ProcessedMeta, Rejected, Topic, Wire,
+};
 use crate::runtime::{lock, ConfigHandle, Shutdown, Timings, Watch};
 use intake::{Job, Kind};
 use seen::{Seen, SeenStore};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -117,12 +119,16 @@ impl Jobs {
                     r.id.as_deref().unwrap_or("(no id)"),
                     r.message()
                 );
-                publish_rejected(&ctx.outbox, r.id.as_deref(), &r.message());
+                publish_rejected(&ctx.outbox, r.id.as_deref(), &r.error());
                 return;
             }
         };
         if !self.accepting.load(Ordering::SeqCst) {
-            publish_rejected(&ctx.outbox, Some(&job.id), "busy: socketman is stopping");
+            publish_rejected(
+                &ctx.outbox,
+                Some(&job.id),
+                &JobError::new(ErrorCode::Busy, "socketman is stopping"),
+            );
             return;
         }
         let seen = lock(&self.seen).check(&job.id);
@@ -130,7 +136,7 @@ impl Jobs {
             log::info!("job {}: duplicate id, not run again", job.id);
             ctx.outbox.publish(
                 Topic::Delivery,
-                &json!({"id": job.id, "app": "socketman", "timestamp": now(), "event_type": "DELIVERED", "meta": {"delivered": true, "duplicate": true}}),
+                &Delivered::new(&job.id, true).to_value(),
                 1,
                 false,
             );
@@ -148,14 +154,17 @@ impl Jobs {
             publish_rejected(
                 &ctx.outbox,
                 Some(&job.id),
-                &format!("busy: {} jobs already waiting", cfg.job_queue),
+                &JobError::new(
+                    ErrorCode::Busy,
+                    format!("{} jobs already waiting", cfg.job_queue),
+                ),
             );
             return;
         }
         lock(&self.seen).insert(&job.id);
         ctx.outbox.publish(
             Topic::Delivery,
-            &json!({"id": job.id, "app": "socketman", "timestamp": now(), "event_type": "DELIVERED", "meta": {"delivered": true}}),
+            &Delivered::new(&job.id, false).to_value(),
             1,
             false,
         );
@@ -245,29 +254,29 @@ impl Jobs {
                     (run(), None)
                 };
                 lock(&self.running).remove(&job.id);
-                let mut m = json!({
-                    "msg": out.output,
-                    "type": job.ty,
-                    "success": out.success(),
-                    "exit_code": out.exit_code,
-                    "duration_ms": out.duration.as_millis() as u64,
-                    "truncated": out.truncated,
-                });
-                if let Some(r) = network_result {
-                    m["result"] = r;
+                let error = if out.timed_out {
+                    Some("timeout".to_string())
+                } else if let Some(e) = out.spawn_error.clone() {
+                    Some(e)
+                } else {
+                    out.signal.map(|sig| {
+                        if self.accepting.load(Ordering::SeqCst) {
+                            format!("killed by signal {sig}")
+                        } else {
+                            format!("killed by signal {sig}: socketman is stopping")
+                        }
+                    })
+                };
+                ProcessedMeta {
+                    success: out.success(),
+                    exit_code: out.exit_code,
+                    duration_ms: out.duration.as_millis() as u64,
+                    truncated: out.truncated,
+                    msg: out.output,
+                    ty: job.ty.clone(),
+                    result: network_result,
+                    error,
                 }
-                if out.timed_out {
-                    m["error"] = json!("timeout");
-                } else if let Some(e) = out.spawn_error {
-                    m["error"] = json!(e);
-                } else if let Some(sig) = out.signal {
-                    m["error"] = json!(if self.accepting.load(Ordering::SeqCst) {
-                        format!("killed by signal {sig}")
-                    } else {
-                        format!("killed by signal {sig}: socketman is stopping")
-                    });
-                }
-                m
             }
             Kind::Typed => match typed::run_job(&ctx.handlers, &job.id, &job.ty, &job.args) {
                 Ok(typed::Done::AnsweredLater) => {
@@ -276,31 +285,39 @@ impl Jobs {
                 }
                 Ok(typed::Done::Result(result)) => {
                     let (msg, truncated) = cut(&result.to_string(), cfg.job_output_max);
-                    json!({"msg": msg, "type": job.ty, "success": true, "exit_code": 0,
-                           "duration_ms": started.elapsed().as_millis() as u64, "truncated": truncated, "result": result})
-                }
-                Err(typed::Failure { error: e, result }) => {
-                    let mut m = json!({"msg": e, "type": job.ty, "success": false, "exit_code": 1,
-                                 "duration_ms": started.elapsed().as_millis() as u64, "truncated": false, "error": e});
-                    // A failure with a result to report anyway (issue 6: rolled-back update).
-                    if let Some(r) = result {
-                        m["result"] = r;
+                    ProcessedMeta {
+                        msg,
+                        ty: job.ty.clone(),
+                        success: true,
+                        exit_code: Some(0),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        truncated,
+                        result: Some(result),
+                        error: None,
                     }
-                    m
                 }
+                // A failure may carry a result to report anyway (a rolled-back update).
+                Err(typed::Failure { error: e, result }) => ProcessedMeta {
+                    msg: e.clone(),
+                    ty: job.ty.clone(),
+                    success: false,
+                    exit_code: Some(1),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    truncated: false,
+                    result,
+                    error: Some(e),
+                },
             },
         };
         log::info!(
             "job {} ({}) finished: success={} exit_code={} in {} ms",
             job.id,
             job.ty,
-            meta["success"],
-            meta["exit_code"],
-            meta["duration_ms"]
+            meta.success,
+            meta.exit_code.map_or("null".to_string(), |c| c.to_string()),
+            meta.duration_ms
         );
-        Some(
-            json!({"id": job.id, "timestamp": now(), "app": "socketman", "event_type": "PROCESSED", "meta": meta}),
-        )
+        Some(Processed::new(&job.id, meta).to_value())
     }
 
     /// Stores and sends the one PROCESSED of a job.
@@ -424,18 +441,12 @@ fn cut(s: &str, max: usize) -> (String, bool) {
 
 /// A failed PROCESSED that ran nothing.
 pub fn processed_error(id: &str, ty: &str, error: &str) -> Value {
-    json!({"id": id, "timestamp": now(), "app": "socketman", "event_type": "PROCESSED",
-           "meta": {"msg": error, "type": ty, "success": false, "exit_code": null, "duration_ms": 0, "truncated": false, "error": error}})
+    Processed::new(id, ProcessedMeta::failure(ty, error)).to_value()
 }
 
 /// Publishes a REJECTED on `pub/…`.
-pub fn publish_rejected(outbox: &Outbox, id: Option<&str>, error: &str) {
-    outbox.publish(
-        Topic::Pub,
-        &json!({"id": id, "timestamp": now(), "app": "socketman", "event_type": "REJECTED", "meta": {"error": error}}),
-        1,
-        false,
-    );
+pub fn publish_rejected(outbox: &Outbox, id: Option<&str>, error: &JobError) {
+    outbox.publish(Topic::Pub, &Rejected::new(id, error).to_value(), 1, false);
 }
 
 impl crate::link::Inbound for Jobs {

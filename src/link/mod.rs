@@ -18,11 +18,10 @@ pub mod outbox;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::proto::{event, Topics};
+use crate::proto::{Connect, PingMeta, Topics, Wire};
 use crate::runtime::{ConfigHandle, Shutdown, Threads, Watch};
 use outbox::{Outbox, Outgoing};
 use paho_mqtt as mqtt;
-use serde_json::json;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -88,15 +87,12 @@ pub fn server_uri(cfg: &Config) -> String {
 
 /// The online CONNECT (retained).
 pub fn online_payload(client_id: &str) -> serde_json::Value {
-    event(
-        "CONNECT",
-        json!({"online": "1", "client_id": client_id, "version": crate::VERSION}),
-    )
+    Connect::online(client_id, crate::VERSION).to_value()
 }
 
 /// The offline CONNECT: last will and clean stop (retained).
 pub fn offline_payload(client_id: &str) -> serde_json::Value {
-    event("CONNECT", json!({"online": "0", "client_id": client_id}))
+    Connect::offline(client_id).to_value()
 }
 
 /// The link: owns the Paho client.
@@ -315,10 +311,13 @@ impl Link {
                 }
                 if !cfg.no_ping && last_ping.elapsed() >= ping_every {
                     last_ping = Instant::now();
-                    let status = (d.ping_status)().map_or(serde_json::Value::Null, |c| json!(c));
+                    let ping = PingMeta {
+                        status: (d.ping_status)(),
+                        uptime: crate::platform::identity::system_uptime(),
+                    };
                     d.outbox.status_event(
                         "PING",
-                        json!({"uptime": crate::platform::identity::system_uptime(), "status": status}),
+                        serde_json::to_value(ping).unwrap_or(serde_json::Value::Null),
                     );
                 }
             }

@@ -97,6 +97,13 @@ impl fmt::Display for JobError {
 
 impl std::error::Error for JobError {}
 
+/// Compares with the code's wire name (`ErrorCode::Busy == "busy"`).
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

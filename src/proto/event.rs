@@ -19,6 +19,9 @@ pub struct Event<M> {
     pub app: String,
     pub event_type: String,
     pub meta: M,
+    /// 0 when a sender left it out (readers stay lenient: an old or foreign CONNECT without
+    /// a timestamp still counts).
+    #[serde(default)]
     pub timestamp: u64,
 }
 
