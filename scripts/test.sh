@@ -35,6 +35,8 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+echo "== module graph: dependencies point down only (scripts/module-deps.py)"
+python3 scripts/module-deps.py --sub | tail -n 2
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

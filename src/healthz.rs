@@ -18,7 +18,6 @@ use crate::net::NetStatus;
 use crate::runtime::{ConfigHandle, Watch};
 use crate::stats::upload::Stats;
 use serde_json::{json, Map, Value};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,17 +84,15 @@ pub fn parse_iw_dev_wifi(text: &str) -> Option<(bool, Option<String>)> {
 }
 
 fn wifi_status() -> Option<Value> {
-    let r = crate::services::daemons::run_program(
-        Path::new("iw"),
-        &["dev"],
-        Duration::from_secs(5),
-        true,
-    )
-    .ok()?;
-    if r.code != Some(0) {
+    use crate::platform::process::{self, Capture, RunOpts, Spec};
+    let opts = RunOpts::new(Duration::from_secs(5))
+        .capture(Capture::Stdout { max: 64 * 1024 })
+        .drain(Duration::from_millis(500));
+    let o = process::run(&Spec::new("iw").arg("dev"), &opts, &|_| {}).ok()?;
+    if o.timed_out || o.code() != Some(0) {
         return None;
     }
-    let (connected, essid) = parse_iw_dev_wifi(&r.stdout)?;
+    let (connected, essid) = parse_iw_dev_wifi(&o.output_lossy())?;
     let mut m = Map::new();
     m.insert("is_connected".into(), json!(connected));
     if let Some(e) = essid {
@@ -164,7 +161,7 @@ pub fn healthz(src: &Sources) -> Value {
 /// `(total, free, available)` bytes from a `/proc/meminfo` text. Kernels before 3.14 have no
 /// `MemAvailable`; there it is estimated as `MemFree + Buffers + Cached`, as `free` does.
 pub fn parse_meminfo(text: &str) -> Option<(u64, u64, u64)> {
-    let kb = |k| crate::services::procs::kb_value(text, k);
+    let kb = |k| crate::platform::procfs::kb_value(text, k);
     let total = kb("MemTotal")?;
     let free = kb("MemFree")?;
     let avail = kb("MemAvailable")
@@ -276,7 +273,7 @@ mod tests {
 
     fn fixture(name: &str) -> String {
         std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures")
                 .join(name),
         )

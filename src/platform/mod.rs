@@ -5,5 +5,6 @@
 pub mod fs;
 pub mod identity;
 pub mod process;
+pub mod procfs;
 pub mod shell;
 pub mod sys;

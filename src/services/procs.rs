@@ -187,29 +187,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// Value of `key` in a `/proc/<pid>/status`-style text (`Key:\tvalue`).
-pub fn status_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k == key).then(|| v.trim())
-    })
-}
-
-/// Real uid from a `/proc/<pid>/status` text.
-pub fn status_uid(text: &str) -> Option<u32> {
-    status_value(text, "Uid")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// A `kB` value of a `/proc/<pid>/status` or `/proc/meminfo` text, in bytes.
-pub fn kb_value(text: &str, key: &str) -> Option<u64> {
-    let v = status_value(text, key)?;
-    let n: u64 = v.split_whitespace().next()?.parse().ok()?;
-    Some(n * 1024)
-}
+pub use crate::platform::procfs::{kb_value, status_uid, status_value};
 
 /// `btime` (boot time, Unix seconds) from `/proc/stat`.
 pub fn parse_btime(text: &str) -> Option<u64> {
