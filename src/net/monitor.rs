@@ -229,7 +229,8 @@ fn perform(m: &Monitor, cfg: &Config, action: Action) {
             log::info!("connectivity back after {offline_s} s offline");
             m.outbox.status_event(
                 "RECOVERY",
-                json!({"state": "online", "offline_s": offline_s}),
+                serde_json::to_value(crate::proto::RecoveryMeta::online(offline_s))
+                    .unwrap_or(Value::Null),
             );
         }
         Action::RunRestart { offline_s } => {

@@ -322,22 +322,19 @@ pub fn decide(mut m: Marker, my_sha256: Option<&str>) -> Start {
 /// The `PROCESSED` of the `agent.update` job.
 pub fn processed(m: &Marker, success: bool, error: Option<&str>) -> Value {
     let duration_ms = crate::proto::now().saturating_sub(m.at) * 1000;
-    let mut meta = json!({
-        "msg": error.map(str::to_string).unwrap_or_else(|| format!("updated from {} to {}", m.previous, m.version)),
-        "type": "agent.update",
-        "success": success,
-        "exit_code": null,
-        "duration_ms": duration_ms,
-        "truncated": false,
-    });
-    if success {
-        meta["result"] = json!({"version": m.version, "previous": m.previous});
-    }
-    if let Some(e) = error {
-        meta["error"] = json!(e);
-    }
-    json!({"id": m.job_id, "timestamp": crate::proto::now(), "app": "socketman",
-           "event_type": "PROCESSED", "meta": meta})
+    let meta = crate::proto::ProcessedMeta {
+        msg: error
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("updated from {} to {}", m.previous, m.version)),
+        ty: "agent.update".into(),
+        success,
+        exit_code: None,
+        duration_ms,
+        truncated: false,
+        result: success.then(|| json!({"version": m.version, "previous": m.previous})),
+        error: error.map(str::to_string),
+    };
+    crate::proto::Wire::to_value(&crate::proto::Processed::new(&m.job_id, meta))
 }
 
 fn report(jobs: &Jobs, marker_file: &Path, m: &Marker, success: bool, error: Option<&str>) {

@@ -19,7 +19,7 @@ use crate::platform::process::{self, Leftovers, Spec, Streams};
 use crate::runtime::{ConfigHandle, Shutdown, Threads};
 pub use crate::services::heartbeats::{parse, Beat, Heartbeats};
 use crate::services::supervisor::Supervisor;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -102,7 +102,12 @@ fn recover(w: &Watchdog, name: &str) {
         .restarted(name, new_pid, new_start, timeout, Instant::now());
     w.outbox.status_event(
         "HEARTBEAT_LOST",
-        json!({"process_name": name, "pid": old, "restarted_pid": new_pid}),
+        serde_json::to_value(crate::proto::HeartbeatLostMeta {
+            pid: old,
+            process_name: name.to_string(),
+            restarted_pid: new_pid,
+        })
+        .unwrap_or(Value::Null),
     );
 }
 
@@ -228,7 +233,7 @@ mod tests {
         start(a.clone(), &mut threads);
         let mut victim = Command::new("/bin/sleep").arg("30").spawn().unwrap();
         let marker = d.path().join("restarted");
-        let hb = json!({"command":"heart_beat","process_name":"p","pid_of_process":victim.id(),
+        let hb = serde_json::json!({"command":"heart_beat","process_name":"p","pid_of_process":victim.id(),
             "run_command": format!("echo yes > {}; exec sleep 30", marker.display()),
             "version":{"major":1,"minor":2,"patch":3}})
         .to_string();
