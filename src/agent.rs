@@ -163,6 +163,46 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// The handles the typed-job handlers are made of.
+struct Parts {
+    config: ConfigHandle,
+    supervisor: Supervisor,
+    heartbeats: Heartbeats,
+    stats_ctx: StatsCtx,
+    net: Watch<NetStatus>,
+    link: Watch<bool>,
+    started: Instant,
+    control: crate::runtime::ControlSender,
+}
+
+/// Plugs the owning modules into the typed-job traits.
+fn handlers(p: &Parts) -> Handlers {
+    let daemons = crate::services::daemons::Daemons(p.config.clone());
+    Handlers {
+        processes: Arc::new(crate::services::procs::Processes::default()),
+        daemons: Arc::new(daemons.clone()),
+        services: Arc::new(p.supervisor.clone()),
+        agent_update: Arc::new(crate::services::selfupdate::SelfUpdate {
+            cfg: p.config.clone(),
+            control: p.control.clone(),
+        }),
+        stats: Arc::new(crate::stats::StatsJob {
+            ctx: p.stats_ctx.clone(),
+            net: p.net.clone(),
+        }),
+        health: Arc::new(Sources {
+            cfg: p.config.clone(),
+            started: p.started,
+            link: p.link.clone(),
+            net: p.net.clone(),
+            stats: p.stats_ctx.stats.clone(),
+            services: Arc::new(p.supervisor.clone()),
+            heartbeats: Arc::new(p.heartbeats.clone()),
+            daemons: Arc::new(daemons),
+        }),
+    }
+}
+
 /// How the main loop ended.
 enum End {
     Stop,
@@ -291,29 +331,16 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
             log::warn!("stats: 401 and no -b given: records kept until the token is fixed")
         }),
     }
-    let handlers = Handlers {
-        processes: Arc::new(crate::services::procs::Processes::default()),
-        daemons: Arc::new(crate::services::daemons::Daemons(config.clone())),
-        services: Arc::new(supervisor.clone()),
-        agent_update: Arc::new(crate::services::selfupdate::SelfUpdate {
-            cfg: config.clone(),
-            control: control_tx.clone(),
-        }),
-        stats: Arc::new(crate::stats::StatsJob {
-            ctx: stats_ctx.clone(),
-            net: net.clone(),
-        }),
-        health: Arc::new(Sources {
-            cfg: config.clone(),
-            started,
-            link: link_state.clone(),
-            net: net.clone(),
-            stats: stats.clone(),
-            services: Arc::new(supervisor.clone()),
-            heartbeats: Arc::new(heartbeats.clone()),
-            daemons: Arc::new(crate::services::daemons::Daemons(config.clone())),
-        }),
-    };
+    let handlers = handlers(&Parts {
+        config: config.clone(),
+        supervisor: supervisor.clone(),
+        heartbeats: heartbeats.clone(),
+        stats_ctx: stats_ctx.clone(),
+        net: net.clone(),
+        link: link_state.clone(),
+        started,
+        control: control_tx.clone(),
+    });
 
     // --- threads ---
     let jobs = Jobs::start(crate::jobs::Context {
@@ -556,35 +583,22 @@ mod tests {
             Duration::from_secs(1),
         );
         let (tx, _rx) = mpsc::channel();
-        let h = Handlers {
-            processes: Arc::new(crate::services::procs::Processes::default()),
-            daemons: Arc::new(crate::services::daemons::Daemons(config.clone())),
-            services: Arc::new(supervisor.clone()),
-            agent_update: Arc::new(crate::services::selfupdate::SelfUpdate {
-                cfg: config.clone(),
-                control: tx,
-            }),
-            stats: Arc::new(crate::stats::StatsJob {
-                ctx: StatsCtx {
-                    stats: stats.clone(),
-                    cfg: config.clone(),
-                    mac: "02-00-00-00-00-09".into(),
-                    shutdown: shutdown.clone(),
-                    timings: Timings::default(),
-                },
-                net: net.clone(),
-            }),
-            health: Arc::new(Sources {
-                cfg: config.clone(),
-                started: Instant::now(),
-                link: Watch::new(false, &shutdown),
-                net,
+        let h = handlers(&Parts {
+            config: config.clone(),
+            supervisor,
+            heartbeats,
+            stats_ctx: StatsCtx {
                 stats,
-                services: Arc::new(supervisor),
-                heartbeats: Arc::new(heartbeats),
-                daemons: Arc::new(crate::services::daemons::Daemons(config)),
-            }),
-        };
+                cfg: config,
+                mac: "02-00-00-00-00-09".into(),
+                shutdown: shutdown.clone(),
+                timings: Timings::default(),
+            },
+            link: Watch::new(false, &shutdown),
+            net,
+            started: Instant::now(),
+            control: tx,
+        });
         let mut n = 0;
         for ty in all_types() {
             assert!(is_typed(ty));
