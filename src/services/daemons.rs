@@ -305,7 +305,7 @@ pub fn run(cfg: &Config, ty: &str, args: &Value) -> Result<Value, String> {
     if ty == "daemon.list" {
         return list(cfg);
     }
-    let name = crate::services::procs::arg_str(args, "name")?;
+    let name = crate::services::procs::arg_str(args, "name").map_err(|e| e.to_string())?;
     match ty {
         "daemon.info" => info(cfg, name),
         _ => match ty.strip_prefix("daemon.") {

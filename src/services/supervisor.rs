@@ -700,7 +700,7 @@ pub fn run_job(sup: &Supervisor, ty: &str, args: &Value) -> Result<Value, String
     if ty == "service.list" {
         return Ok(json!({ "services": entries(sup) }));
     }
-    let name = crate::services::procs::arg_str(args, "name")?;
+    let name = crate::services::procs::arg_str(args, "name").map_err(|e| e.to_string())?;
     match ty {
         "service.start" => start(sup, name),
         "service.stop" => stop(sup, name),
