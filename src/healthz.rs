@@ -16,6 +16,7 @@
 use crate::config::Config;
 use crate::net::NetStatus;
 use crate::runtime::{ConfigHandle, Watch};
+use crate::services::daemons::DaemonError;
 use crate::stats::upload::Stats;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -36,7 +37,7 @@ pub trait HeartbeatsView: Send + Sync {
 
 /// The system's daemons (`daemon.list`).
 pub trait DaemonsView: Send + Sync {
-    fn daemon_entries(&self, cfg: &Config) -> Result<Vec<Value>, String>;
+    fn daemon_entries(&self, cfg: &Config) -> Result<Vec<Value>, DaemonError>;
 }
 
 /// What the healthz document is made of.
