@@ -270,7 +270,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         Config::client_id(&mac),
         config_path.display()
     );
-    let link = crate::link::Link::new(&cfg, &mac).map_err(Fatal::Other)?;
+    let link = crate::link::Link::new(&cfg, &mac).map_err(|e| Fatal::Other(e.to_string()))?;
     crate::provision::boot(&cfg, &mac);
     match crate::stats::spool::restore(&cfg.cache_dir, &cfg.state_dir) {
         Ok(0) => {}

@@ -18,6 +18,7 @@ use crate::net::NetStatus;
 use crate::runtime::{ConfigHandle, Watch};
 use crate::stats::upload::Stats;
 use serde_json::{json, Map, Value};
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +36,44 @@ pub trait HeartbeatsView: Send + Sync {
 
 /// The system's daemons (`daemon.list`).
 pub trait DaemonsView: Send + Sync {
-    fn daemon_entries(&self, cfg: &Config) -> Result<Vec<Value>, String>;
+    /// The error is only logged (healthz then leaves `daemons` out).
+    fn daemon_entries(
+        &self,
+        cfg: &Config,
+    ) -> Result<Vec<Value>, Box<dyn std::error::Error + Send + Sync>>;
 }
+
+/// Why the `usage` job failed. The `Display` text is the job's `meta.error`.
+#[derive(Debug)]
+pub enum HealthError {
+    /// A `/proc` file (`/proc/mounts`, `/proc/meminfo`) could not be read.
+    Read {
+        path: &'static str,
+        err: std::io::Error,
+    },
+    /// A `/proc` file was read but lacks the fields needed (`MemTotal`, `MemFree`).
+    Parse { path: &'static str },
+}
+
+impl fmt::Display for HealthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthError::Read { path, err } => write!(f, "cannot read {path}: {err}"),
+            HealthError::Parse { path } => write!(f, "cannot parse {path}"),
+        }
+    }
+}
+
+impl std::error::Error for HealthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HealthError::Read { err, .. } => Some(err),
+            HealthError::Parse { .. } => None,
+        }
+    }
+}
+
+impl crate::jobs::typed::JobFailure for HealthError {}
 
 /// What the healthz document is made of.
 #[derive(Clone)]
@@ -236,9 +273,11 @@ fn unescape_mount(s: &str) -> String {
 }
 
 /// `{"disks":[{"mount","total","used","free"}],"memory":{"total","free","available"}}`.
-pub fn usage() -> Result<Value, String> {
-    let mounts = std::fs::read_to_string("/proc/mounts")
-        .map_err(|e| format!("cannot read /proc/mounts: {e}"))?;
+pub fn usage() -> Result<Value, HealthError> {
+    let read = |path: &'static str| {
+        std::fs::read_to_string(path).map_err(|err| HealthError::Read { path, err })
+    };
+    let mounts = read("/proc/mounts")?;
     let disks: Vec<Value> = parse_mounts(&mounts)
         .into_iter()
         .filter_map(|m| {
@@ -248,9 +287,10 @@ pub fn usage() -> Result<Value, String> {
             })
         })
         .collect();
-    let meminfo = std::fs::read_to_string("/proc/meminfo")
-        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
-    let (total, free, available) = parse_meminfo(&meminfo).ok_or("cannot parse /proc/meminfo")?;
+    let meminfo = read("/proc/meminfo")?;
+    let (total, free, available) = parse_meminfo(&meminfo).ok_or(HealthError::Parse {
+        path: "/proc/meminfo",
+    })?;
     Ok(json!({
         "disks": disks,
         "memory": {"total": total, "free": free, "available": available},
@@ -329,6 +369,26 @@ mod tests {
             .unwrap();
         assert!(root["total"].as_u64().unwrap() >= root["used"].as_u64().unwrap());
         assert!(u["memory"]["total"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn usage_error_texts() {
+        let e = HealthError::Read {
+            path: "/proc/mounts",
+            err: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot read /proc/mounts: Permission denied (os error 13)"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        let e = HealthError::Parse {
+            path: "/proc/meminfo",
+        };
+        assert_eq!(
+            crate::jobs::typed::Failure::from(e).error,
+            "cannot parse /proc/meminfo"
+        );
     }
 
     #[test]

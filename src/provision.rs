@@ -55,25 +55,69 @@ pub fn request_url(init_url: &str, mac: &str, machine: &str, firmware: &str) -> 
     )
 }
 
+/// Why one provisioning request gave no config (retried; the URL is shown with its token
+/// masked).
+#[derive(Debug)]
+enum FetchError {
+    /// The server answered an error status.
+    Status { url: String, code: u16 },
+    /// No answer: connection, DNS, TLS, timeout.
+    Transport { url: String, msg: String },
+    /// A success status other than 200/201.
+    Unexpected { url: String, status: u16 },
+    /// The body could not be read.
+    Read { url: String, err: std::io::Error },
+    /// The body is not a valid config.
+    Invalid { url: String, msg: String },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Status { url, code } => write!(f, "{url}: HTTP {code}"),
+            FetchError::Transport { url, msg } => write!(f, "{url}: {msg}"),
+            FetchError::Unexpected { url, status } => {
+                write!(f, "{url}: HTTP {status} (want 200 or 201)")
+            }
+            FetchError::Read { url, err } => write!(f, "{url}: reading the answer: {err}"),
+            FetchError::Invalid { url, msg } => {
+                write!(f, "{url}: the answer is not a valid config: {msg}")
+            }
+        }
+    }
+}
+
 /// One provisioning request: the config and the body it was parsed from, or why not.
 /// Nothing is written here.
-fn fetch(http: &ureq::Agent, url: &str, config_path: &Path) -> Result<(Config, String), String> {
+fn fetch(
+    http: &ureq::Agent,
+    url: &str,
+    config_path: &Path,
+) -> Result<(Config, String), FetchError> {
     let shown = crate::http::redact(url);
     let resp = match http.get(url).call() {
         Ok(r) => r,
-        Err(ureq::Error::Status(code, _)) => return Err(format!("{shown}: HTTP {code}")),
-        Err(e) => return Err(format!("{shown}: {e}")),
+        Err(ureq::Error::Status(code, _)) => return Err(FetchError::Status { url: shown, code }),
+        Err(e) => {
+            return Err(FetchError::Transport {
+                url: shown,
+                msg: e.to_string(),
+            })
+        }
     };
     let status = resp.status();
     if status != 200 && status != 201 {
-        return Err(format!("{shown}: HTTP {status} (want 200 or 201)"));
+        return Err(FetchError::Unexpected { url: shown, status });
     }
-    let body = resp
-        .into_string()
-        .map_err(|e| format!("{shown}: reading the answer: {e}"))?;
+    let body = resp.into_string().map_err(|err| FetchError::Read {
+        url: shown.clone(),
+        err,
+    })?;
     let file = config_path.display().to_string();
-    let (cfg, notes) = config::parse(&body, &file)
-        .map_err(|e| format!("{shown}: the answer is not a valid config: {e}"))?;
+    let (cfg, notes) = config::parse(&body, &file).map_err(|e| FetchError::Invalid {
+        url: shown.clone(),
+        msg: e.to_string(),
+    })?;
     for n in notes {
         log::warn!("provisioned config: {n}");
     }

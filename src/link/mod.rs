@@ -45,6 +45,23 @@ pub struct LinkDeps {
     pub ping_status: Box<dyn Fn() -> Option<u8> + Send + Sync>,
 }
 
+/// Why the link could not be set up.
+#[derive(Debug)]
+pub enum LinkError {
+    /// Paho refused the client options (bad server URI, client id).
+    Create(mqtt::Error),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Create(e) => write!(f, "cannot create MQTT client: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
 /// What wakes the `mqtt-link` thread.
 enum Event {
     Message(mqtt::Message),
@@ -104,15 +121,14 @@ pub struct Link {
 
 impl Link {
     /// Creates the client (no network yet).
-    pub fn new(cfg: &Config, mac: &str) -> Result<Link, String> {
+    pub fn new(cfg: &Config, mac: &str) -> Result<Link, LinkError> {
         let client_id = Config::client_id(mac);
         let opts = mqtt::CreateOptionsBuilder::new_v3()
             .server_uri(server_uri(cfg))
             .client_id(&client_id)
             .persistence(mqtt::PersistenceType::None)
             .finalize();
-        let client =
-            mqtt::AsyncClient::new(opts).map_err(|e| format!("cannot create MQTT client: {e}"))?;
+        let client = mqtt::AsyncClient::new(opts).map_err(LinkError::Create)?;
         Ok(Link {
             client,
             topics: Topics::new(cfg, mac),

@@ -232,7 +232,7 @@ pub struct Outcome {
     pub pid: i32,
     /// The exit status; `Err` when waiting failed or the child was still not reaped
     /// [`KILL_WAIT`] after KILL (its reaper thread reaps it later).
-    pub status: Result<ExitStatus, String>,
+    pub status: Result<ExitStatus, WaitError>,
     /// The timeout passed and the group was signalled.
     pub timed_out: bool,
     /// The captured output (empty without capture).
@@ -296,6 +296,46 @@ impl std::fmt::Display for RunError {
 }
 
 impl std::error::Error for RunError {}
+
+/// Why a started [`run`] has no exit status ([`Outcome::status`]). The child was started;
+/// its reaper thread still reaps it whenever it ends.
+#[derive(Debug)]
+pub enum WaitError {
+    /// `wait()` on the child failed.
+    Wait(io::Error),
+    /// The waiter thread ended without sending a status (it panicked).
+    WaiterGone,
+    /// The timeout passed and the child (pid and pgid `pid`) was still not reaped `after`
+    /// the KILL ([`KILL_WAIT`]): a process in uninterruptible sleep.
+    NotReaped { pid: i32, after: Duration },
+}
+
+impl std::fmt::Display for WaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitError::Wait(e) => write!(f, "{e}"),
+            WaitError::WaiterGone => f.write_str(WAITER_GONE),
+            WaitError::NotReaped { pid, after } => {
+                write!(f, "pid {pid} still running {after:?} after KILL")
+            }
+        }
+    }
+}
+
+impl std::error::Error for WaitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WaitError::Wait(e) => Some(e),
+            WaitError::WaiterGone | WaitError::NotReaped { .. } => None,
+        }
+    }
+}
+
+impl From<io::Error> for WaitError {
+    fn from(e: io::Error) -> Self {
+        WaitError::Wait(e)
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
@@ -420,12 +460,13 @@ fn recv_until<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Result<T, RecvT
     }
 }
 
+/// The waiter's answer as a status; `None` when it has not answered yet.
 fn status_of(
     r: Result<io::Result<ExitStatus>, RecvTimeoutError>,
-) -> Option<Result<ExitStatus, String>> {
+) -> Option<Result<ExitStatus, WaitError>> {
     match r {
-        Ok(st) => Some(st.map_err(|e| e.to_string())),
-        Err(RecvTimeoutError::Disconnected) => Some(Err(WAITER_GONE.into())),
+        Ok(st) => Some(st.map_err(WaitError::from)),
+        Err(RecvTimeoutError::Disconnected) => Some(Err(WaitError::WaiterGone)),
         Err(RecvTimeoutError::Timeout) => None,
     }
 }
@@ -436,7 +477,7 @@ fn stop_run(
     pgid: i32,
     rx: &Receiver<io::Result<ExitStatus>>,
     grace: Duration,
-) -> Result<ExitStatus, String> {
+) -> Result<ExitStatus, WaitError> {
     if !grace.is_zero() {
         let _ = sys::kill_group(pgid, libc::SIGTERM);
         if let Some(st) = status_of(rx.recv_timeout(grace)) {
@@ -444,8 +485,10 @@ fn stop_run(
         }
     }
     let _ = sys::kill_group(pgid, libc::SIGKILL);
-    status_of(rx.recv_timeout(KILL_WAIT))
-        .unwrap_or_else(|| Err(format!("pid {pgid} still running {KILL_WAIT:?} after KILL")))
+    status_of(rx.recv_timeout(KILL_WAIT)).unwrap_or(Err(WaitError::NotReaped {
+        pid: pgid,
+        after: KILL_WAIT,
+    }))
 }
 
 /// Runs `spec` to its end or its timeout (see the module header). `on_spawn(pgid)` is called
@@ -843,6 +886,29 @@ mod tests {
         assert!(o.duration < Duration::from_secs(30), "{:?}", o.duration);
         assert_eq!(o.code(), Some(0));
         assert!(!o.timed_out);
+    }
+
+    #[test]
+    fn wait_errors() {
+        let e = status_of(Err(RecvTimeoutError::Disconnected))
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, WaitError::WaiterGone));
+        assert_eq!(
+            e.to_string(),
+            "the waiter thread ended without an exit status"
+        );
+        let e = status_of(Ok(Err(io::Error::from_raw_os_error(libc::ECHILD))))
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(&e, WaitError::Wait(io) if io.raw_os_error() == Some(libc::ECHILD)));
+        assert_eq!(e.to_string(), "No child processes (os error 10)");
+        assert!(status_of(Err(RecvTimeoutError::Timeout)).is_none());
+        let e = WaitError::NotReaped {
+            pid: 42,
+            after: KILL_WAIT,
+        };
+        assert_eq!(e.to_string(), "pid 42 still running 2s after KILL");
     }
 
     #[test]

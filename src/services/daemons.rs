@@ -14,8 +14,11 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, ServiceManager};
-use crate::platform::process::{self, Capture, RunOpts, Spec};
+use crate::platform::process::{self, Capture, RunOpts, Spec, WaitError};
+use crate::services::procs::ArgError;
 use serde_json::{json, Value};
+use std::fmt;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +27,95 @@ use std::time::Duration;
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit for status queries (healthz, list).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a `daemon.*` job (or a status query of healthz) failed. The `Display` text is the
+/// job's `meta.error`.
+#[derive(Debug)]
+pub enum DaemonError {
+    /// A job argument is missing or malformed (`missing "name"`).
+    Arg(ArgError),
+    /// The name is empty, starts with `-` or holds `/` or `..`: never passed to a script
+    /// or to systemctl.
+    BadName(String),
+    /// `daemons` is set and does not list this daemon.
+    NotAllowed(String),
+    /// initd: `<init_dir>/<name>` is not an executable file.
+    NoSuchDaemon { name: String, script: PathBuf },
+    /// The init script or systemctl could not be started.
+    Run { program: PathBuf, err: io::Error },
+    /// The init script or systemctl was started but its exit status could not be had.
+    Wait { program: PathBuf, err: WaitError },
+    /// initd: `init_dir` could not be listed (`daemon.list`).
+    InitDir { dir: String, err: io::Error },
+    /// `action` did not finish within `after` ([`CMD_TIMEOUT`]); it was killed.
+    Timeout {
+        name: String,
+        action: String,
+        after: Duration,
+    },
+    /// `action` exited with a code other than 0.
+    Failed {
+        name: String,
+        action: String,
+        code: i32,
+    },
+    /// `action` was ended by a signal.
+    Killed { name: String, action: String },
+    /// [`run`] was given a type that is not `daemon.*`.
+    UnknownType(String),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonError::Arg(e) => e.fmt(f),
+            DaemonError::BadName(name) => write!(f, "forbidden: daemon name {name:?}"),
+            DaemonError::NotAllowed(name) => {
+                write!(f, "forbidden: daemon {name} is not in \"daemons\"")
+            }
+            DaemonError::NoSuchDaemon { name, script } => {
+                write!(f, "no such daemon: {name} ({} not found)", script.display())
+            }
+            DaemonError::Run { program, err } => {
+                write!(f, "cannot run {}: {err}", program.display())
+            }
+            DaemonError::Wait { program, err } => {
+                write!(f, "wait for {}: {err}", program.display())
+            }
+            DaemonError::InitDir { dir, err } => write!(f, "cannot read init_dir {dir}: {err}"),
+            DaemonError::Timeout {
+                name,
+                action,
+                after,
+            } => write!(f, "daemon {name} {action}: timeout after {after:?}"),
+            DaemonError::Failed { name, action, code } => {
+                write!(f, "daemon {name} {action} failed with exit code {code}")
+            }
+            DaemonError::Killed { name, action } => {
+                write!(f, "daemon {name} {action} was killed by a signal")
+            }
+            DaemonError::UnknownType(ty) => write!(f, "unknown_type: {ty}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DaemonError::Run { err, .. } | DaemonError::InitDir { err, .. } => Some(err),
+            DaemonError::Wait { err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<ArgError> for DaemonError {
+    fn from(e: ArgError) -> Self {
+        DaemonError::Arg(e)
+    }
+}
+
+impl crate::jobs::typed::JobFailure for DaemonError {}
 
 /// Output of one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +133,7 @@ pub fn run_program(
     args: &[&str],
     timeout: Duration,
     capture: bool,
-) -> Result<Ran, String> {
+) -> Result<Ran, DaemonError> {
     let spec = Spec::new(program).args(args);
     // A daemon that inherited the pipe may keep it open: wait briefly, never for it to end.
     let opts = RunOpts::new(timeout)
@@ -51,8 +143,10 @@ pub fn run_program(
             Capture::None
         })
         .drain(Duration::from_millis(500));
-    let o = process::run(&spec, &opts, &|_| {})
-        .map_err(|e| format!("cannot run {}: {}", program.display(), e.error))?;
+    let o = process::run(&spec, &opts, &|_| {}).map_err(|e| DaemonError::Run {
+        program: program.to_path_buf(),
+        err: e.error,
+    })?;
     if o.timed_out {
         log::warn!(
             "{} {} timed out after {timeout:?}, killing it",
@@ -65,14 +159,18 @@ pub fn run_program(
             timed_out: true,
         });
     }
-    if let Err(e) = &o.status {
-        return Err(format!("wait for {}: {e}", program.display()));
+    let stdout = o.output_lossy();
+    match o.status {
+        Ok(st) => Ok(Ran {
+            code: st.code(),
+            stdout,
+            timed_out: false,
+        }),
+        Err(err) => Err(DaemonError::Wait {
+            program: program.to_path_buf(),
+            err,
+        }),
     }
-    Ok(Ran {
-        code: o.code(),
-        stdout: o.output_lossy(),
-        timed_out: false,
-    })
 }
 
 /// The manager in use: `auto` is systemd when `/run/systemd/system` exists.
@@ -90,9 +188,9 @@ pub fn manager(cfg: &Config) -> ServiceManager {
 }
 
 /// Refuses names with `/` or `..`, empty ones, and names outside `daemons` when set.
-pub fn check_name(cfg: &Config, name: &str) -> Result<(), String> {
+pub fn check_name(cfg: &Config, name: &str) -> Result<(), DaemonError> {
     if name.is_empty() || name.contains('/') || name.contains("..") || name.starts_with('-') {
-        return Err(format!("forbidden: daemon name {name:?}"));
+        return Err(DaemonError::BadName(name.to_string()));
     }
     if let Some(allowed) = &cfg.daemons {
         let base = name.strip_suffix(".service").unwrap_or(name);
@@ -100,26 +198,26 @@ pub fn check_name(cfg: &Config, name: &str) -> Result<(), String> {
             .iter()
             .any(|a| a == name || a.strip_suffix(".service").unwrap_or(a) == base)
         {
-            return Err(format!("forbidden: daemon {name} is not in \"daemons\""));
+            return Err(DaemonError::NotAllowed(name.to_string()));
         }
     }
     Ok(())
 }
 
-fn script(cfg: &Config, name: &str) -> Result<PathBuf, String> {
+fn script(cfg: &Config, name: &str) -> Result<PathBuf, DaemonError> {
     let p = Path::new(&cfg.init_dir).join(name);
     match std::fs::metadata(&p) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(p),
-        _ => Err(format!(
-            "no such daemon: {name} ({} not found)",
-            p.display()
-        )),
+        _ => Err(DaemonError::NoSuchDaemon {
+            name: name.to_string(),
+            script: p,
+        }),
     }
 }
 
 const SYSTEMCTL: &str = "systemctl";
 
-fn systemctl(args: &[&str], timeout: Duration, capture: bool) -> Result<Ran, String> {
+fn systemctl(args: &[&str], timeout: Duration, capture: bool) -> Result<Ran, DaemonError> {
     run_program(Path::new(SYSTEMCTL), args, timeout, capture)
 }
 
@@ -151,7 +249,7 @@ pub fn systemd_status_word(word: &str) -> &'static str {
     }
 }
 
-fn status_of(cfg: &Config, name: &str) -> Result<&'static str, String> {
+fn status_of(cfg: &Config, name: &str) -> Result<&'static str, DaemonError> {
     match manager(cfg) {
         ServiceManager::Systemd => {
             let r = systemctl(&["is-active", name], QUERY_TIMEOUT, true)?;
@@ -181,7 +279,7 @@ pub fn parse_list_units(text: &str) -> Vec<(String, &'static str)> {
 }
 
 /// `{"daemons":[{"name","status"}]}`.
-pub fn list(cfg: &Config) -> Result<Value, String> {
+pub fn list(cfg: &Config) -> Result<Value, DaemonError> {
     let mut out = Vec::new();
     match manager(cfg) {
         ServiceManager::Systemd => {
@@ -204,8 +302,10 @@ pub fn list(cfg: &Config) -> Result<Value, String> {
             }
         }
         _ => {
-            let rd = std::fs::read_dir(&cfg.init_dir)
-                .map_err(|e| format!("cannot read init_dir {}: {e}", cfg.init_dir))?;
+            let rd = std::fs::read_dir(&cfg.init_dir).map_err(|err| DaemonError::InitDir {
+                dir: cfg.init_dir.clone(),
+                err,
+            })?;
             let mut names: Vec<String> = rd
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .filter(|n| check_name(cfg, n).is_ok() && script(cfg, n).is_ok())
@@ -243,7 +343,7 @@ fn pid_of(cfg: &Config, name: &str) -> Option<i32> {
 }
 
 /// `{"name","status","enabled","pid"}`.
-pub fn info(cfg: &Config, name: &str) -> Result<Value, String> {
+pub fn info(cfg: &Config, name: &str) -> Result<Value, DaemonError> {
     check_name(cfg, name)?;
     let status = status_of(cfg, name)?;
     let enabled = match manager(cfg) {
@@ -262,22 +362,31 @@ pub fn info(cfg: &Config, name: &str) -> Result<Value, String> {
 }
 
 /// Runs `action` on daemon `name`; answers `{"name","status"}` after it.
-pub fn act(cfg: &Config, name: &str, action: &str) -> Result<Value, String> {
+pub fn act(cfg: &Config, name: &str, action: &str) -> Result<Value, DaemonError> {
     check_name(cfg, name)?;
     let r = match manager(cfg) {
         ServiceManager::Systemd => systemctl(&[action, name], CMD_TIMEOUT, false)?,
         _ => run_program(&script(cfg, name)?, &[action], CMD_TIMEOUT, false)?,
     };
+    let names = || (name.to_string(), action.to_string());
     if r.timed_out {
-        return Err(format!(
-            "daemon {name} {action}: timeout after {CMD_TIMEOUT:?}"
-        ));
-    }
-    if r.code != Some(0) {
-        return Err(match r.code {
-            Some(c) => format!("daemon {name} {action} failed with exit code {c}"),
-            None => format!("daemon {name} {action} was killed by a signal"),
+        let (name, action) = names();
+        return Err(DaemonError::Timeout {
+            name,
+            action,
+            after: CMD_TIMEOUT,
         });
+    }
+    match r.code {
+        Some(0) => {}
+        Some(code) => {
+            let (name, action) = names();
+            return Err(DaemonError::Failed { name, action, code });
+        }
+        None => {
+            let (name, action) = names();
+            return Err(DaemonError::Killed { name, action });
+        }
     }
     log::info!("daemon {name}: {action} done");
     Ok(json!({"name": name, "status": status_of(cfg, name)?}))
@@ -294,14 +403,17 @@ impl crate::jobs::typed::Daemons for Daemons {
 }
 
 impl crate::healthz::DaemonsView for Daemons {
-    fn daemon_entries(&self, cfg: &Config) -> Result<Vec<Value>, String> {
+    fn daemon_entries(
+        &self,
+        cfg: &Config,
+    ) -> Result<Vec<Value>, Box<dyn std::error::Error + Send + Sync>> {
         let v = list(cfg)?;
         Ok(v["daemons"].as_array().cloned().unwrap_or_default())
     }
 }
 
 /// Runs one `daemon.*` job.
-pub fn run(cfg: &Config, ty: &str, args: &Value) -> Result<Value, String> {
+pub fn run(cfg: &Config, ty: &str, args: &Value) -> Result<Value, DaemonError> {
     if ty == "daemon.list" {
         return list(cfg);
     }
@@ -312,7 +424,7 @@ pub fn run(cfg: &Config, ty: &str, args: &Value) -> Result<Value, String> {
             Some(a @ ("start" | "stop" | "restart" | "reload" | "enable" | "disable")) => {
                 act(cfg, name, a)
             }
-            _ => Err(format!("unknown_type: {ty}")),
+            _ => Err(DaemonError::UnknownType(ty.to_string())),
         },
     }
 }
@@ -343,18 +455,18 @@ mod tests {
         let all = cfg_with(d.path(), None);
         assert!(check_name(&all, "dnsmasq").is_ok());
         for bad in ["../x", "a/b", "..", "", "-x"] {
-            assert!(
-                check_name(&all, bad).unwrap_err().starts_with("forbidden:"),
-                "{bad}"
-            );
+            let e = check_name(&all, bad).unwrap_err();
+            assert!(matches!(&e, DaemonError::BadName(n) if n == bad), "{bad}");
+            assert_eq!(e.to_string(), format!("forbidden: daemon name {bad:?}"));
         }
         let some = cfg_with(d.path(), Some(vec!["ok", "web.service"]));
         assert!(check_name(&some, "ok").is_ok());
         assert!(check_name(&some, "web").is_ok());
         assert!(check_name(&some, "ok.service").is_ok());
-        assert!(check_name(&some, "other")
-            .unwrap_err()
-            .starts_with("forbidden:"));
+        assert_eq!(
+            check_name(&some, "other").unwrap_err().to_string(),
+            "forbidden: daemon other is not in \"daemons\""
+        );
     }
 
     #[test]
@@ -388,19 +500,95 @@ mod tests {
         assert_eq!(info(&cfg, "svc").unwrap()["enabled"], false);
         act(&cfg, "svc", "enable").unwrap();
         assert_eq!(info(&cfg, "svc").unwrap()["enabled"], true);
-        assert!(act(&cfg, "svc", "reload")
-            .unwrap_err()
-            .contains("exit code 3"));
+        let e = act(&cfg, "svc", "reload").unwrap_err();
+        assert!(
+            matches!(&e, DaemonError::Failed { name, action, code: 3 }
+                if name == "svc" && action == "reload"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "daemon svc reload failed with exit code 3");
         assert_eq!(act(&cfg, "svc", "stop").unwrap()["status"], "stopped");
-        assert!(info(&cfg, "nope")
-            .unwrap_err()
-            .starts_with("no such daemon"));
-        assert!(info(&cfg, "notexec").is_err());
+        assert_eq!(
+            info(&cfg, "nope").unwrap_err().to_string(),
+            format!("no such daemon: nope ({}/nope not found)", init.display())
+        );
+        assert!(matches!(
+            info(&cfg, "notexec"),
+            Err(DaemonError::NoSuchDaemon { name, .. }) if name == "notexec"
+        ));
         let only = cfg_with(&init, Some(vec!["old"]));
         assert_eq!(list(&only).unwrap()["daemons"].as_array().unwrap().len(), 1);
-        assert!(act(&only, "svc", "start")
-            .unwrap_err()
-            .starts_with("forbidden:"));
+        assert!(matches!(
+            act(&only, "svc", "start"),
+            Err(DaemonError::NotAllowed(n)) if n == "svc"
+        ));
+        assert!(matches!(
+            run(&cfg, "daemon.info", &json!({})),
+            Err(DaemonError::Arg(ArgError::Missing { key: "name" }))
+        ));
+        assert_eq!(
+            run(&cfg, "daemon.bogus", &json!({"name": "svc"}))
+                .unwrap_err()
+                .to_string(),
+            "unknown_type: daemon.bogus"
+        );
+        let gone = cfg_with(&d.path().join("nonexistent"), None);
+        let e = list(&gone).unwrap_err();
+        assert!(
+            matches!(&e, DaemonError::InitDir { err, .. }
+            if err.kind() == io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with(&format!("cannot read init_dir {}: ", gone.init_dir)));
+    }
+
+    #[test]
+    fn killed_and_timed_out_actions() {
+        let d = tempfile::tempdir().unwrap();
+        write_script(
+            d.path(),
+            "k",
+            "case \"$1\" in stop) kill -9 $$;; restart) sleep 30;; *) exit 0;; esac",
+        );
+        let cfg = cfg_with(d.path(), None);
+        let e = act(&cfg, "k", "stop").unwrap_err();
+        assert!(matches!(&e, DaemonError::Killed { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "daemon k stop was killed by a signal");
+        // CMD_TIMEOUT is 30 s: the text is checked on the variant.
+        let e = DaemonError::Timeout {
+            name: "k".into(),
+            action: "restart".into(),
+            after: CMD_TIMEOUT,
+        };
+        assert_eq!(e.to_string(), "daemon k restart: timeout after 30s");
+    }
+
+    #[test]
+    fn run_errors() {
+        let e = run_program(Path::new("/nonexistent/x"), &[], QUERY_TIMEOUT, false).unwrap_err();
+        assert!(
+            matches!(&e, DaemonError::Run { err, .. }
+            if err.kind() == io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot run /nonexistent/x: No such file or directory (os error 2)"
+        );
+        let e = DaemonError::Wait {
+            program: "/etc/init.d/x".into(),
+            err: WaitError::WaiterGone,
+        };
+        assert_eq!(
+            e.to_string(),
+            "wait for /etc/init.d/x: the waiter thread ended without an exit status"
+        );
+        assert_eq!(
+            crate::jobs::typed::Failure::from(DaemonError::BadName("..".into())).error,
+            "forbidden: daemon name \"..\""
+        );
     }
 
     #[test]

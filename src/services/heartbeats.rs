@@ -6,6 +6,7 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,40 +21,95 @@ pub struct Beat {
     pub version: Option<String>,
 }
 
+/// Why a heartbeat datagram is malformed (it is dropped and counted; the watchdog logs the
+/// `Display` text).
+#[derive(Debug)]
+pub enum BeatError {
+    /// The datagram is not JSON at all.
+    NotJson(serde_json::Error),
+    /// It is JSON but not an object.
+    NotObject,
+    /// `command` is there but is not `"heart_beat"` (`found`: the JSON value).
+    UnknownCommand { found: String },
+    /// `process_name` is absent, not a string, or empty.
+    MissingName,
+    /// The pid (`key`: `pid`, or `pid_of_process` in the `heart_beat` form) is absent, not an
+    /// integer, or not above 1.
+    BadPid { key: &'static str },
+    /// `run_command` is there but not a string.
+    RunCommandNotString,
+    /// `version` is there but not an object.
+    VersionNotObject,
+    /// `version.<part>` (`major`, `minor`, `patch`) is there but not a number.
+    VersionPart { part: &'static str },
+}
+
+impl fmt::Display for BeatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BeatError::NotJson(e) => write!(f, "not JSON: {e}"),
+            BeatError::NotObject => write!(f, "not a JSON object"),
+            BeatError::UnknownCommand { found } => write!(f, "unknown command {found}"),
+            BeatError::MissingName => write!(f, "missing or empty \"process_name\""),
+            BeatError::BadPid { key } => write!(f, "missing or invalid \"{key}\""),
+            BeatError::RunCommandNotString => write!(f, "\"run_command\" is not a string"),
+            BeatError::VersionNotObject => write!(f, "\"version\" is not an object"),
+            BeatError::VersionPart { part } => write!(f, "\"version.{part}\" is not a number"),
+        }
+    }
+}
+
+impl std::error::Error for BeatError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BeatError::NotJson(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<serde_json::Error> for BeatError {
+    fn from(e: serde_json::Error) -> Self {
+        BeatError::NotJson(e)
+    }
+}
+
 /// Parses a datagram in either SPEC form; `Err` says why it is malformed.
-pub fn parse(data: &[u8]) -> Result<Beat, String> {
-    let v: Value = serde_json::from_slice(data).map_err(|e| format!("not JSON: {e}"))?;
-    let o = v.as_object().ok_or("not a JSON object")?;
+pub fn parse(data: &[u8]) -> Result<Beat, BeatError> {
+    let v: Value = serde_json::from_slice(data)?;
+    let o = v.as_object().ok_or(BeatError::NotObject)?;
     let pid_key = match o.get("command") {
         None => "pid",
         Some(Value::String(c)) if c == "heart_beat" => "pid_of_process",
-        Some(c) => return Err(format!("unknown command {c}")),
+        Some(c) => {
+            return Err(BeatError::UnknownCommand {
+                found: c.to_string(),
+            })
+        }
     };
     let name = o
         .get("process_name")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or("missing or empty \"process_name\"")?;
+        .ok_or(BeatError::MissingName)?;
     let pid = o
         .get(pid_key)
         .and_then(Value::as_i64)
         .filter(|p| *p > 1 && *p <= i64::from(i32::MAX))
-        .ok_or_else(|| format!("missing or invalid \"{pid_key}\""))? as i32;
+        .ok_or(BeatError::BadPid { key: pid_key })? as i32;
     let run_command = match o.get("run_command") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err("\"run_command\" is not a string".into()),
+        Some(_) => return Err(BeatError::RunCommandNotString),
     };
     let version = match o.get("version") {
         None | Some(Value::Null) => None,
         Some(Value::Object(vo)) => {
-            let part = |k: &str| -> Result<u64, String> {
-                match vo.get(k) {
+            let part = |part: &'static str| -> Result<u64, BeatError> {
+                match vo.get(part) {
                     None => Ok(0),
-                    Some(n) => n
-                        .as_u64()
-                        .ok_or_else(|| format!("\"version.{k}\" is not a number")),
+                    Some(n) => n.as_u64().ok_or(BeatError::VersionPart { part }),
                 }
             };
             Some(format!(
@@ -63,7 +119,7 @@ pub fn parse(data: &[u8]) -> Result<Beat, String> {
                 part("patch")?
             ))
         }
-        Some(_) => return Err("\"version\" is not an object".into()),
+        Some(_) => return Err(BeatError::VersionNotObject),
     };
     Ok(Beat {
         process_name: name.to_string(),
@@ -269,24 +325,64 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for d in [
-            &b"garbage"[..],
-            b"[1,2]",
-            b"{}",
-            br#"{"process_name":"x"}"#,
-            br#"{"process_name":"","pid":5}"#,
-            br#"{"process_name":"x","pid":"5"}"#,
-            br#"{"process_name":"x","pid":1}"#,
-            br#"{"process_name":"x","pid":-3}"#,
-            br#"{"command":"heart_beat","process_name":"x","pid":5}"#,
-            br#"{"command":"reboot","process_name":"x","pid":5}"#,
-            br#"{"process_name":"x","pid":5,"version":"1.0"}"#,
-            br#"{"process_name":"x","pid":5,"version":{"major":"1"}}"#,
-            br#"{"process_name":"x","pid":5,"run_command":3}"#,
-            b"\xff\xfe",
+        // Each datagram with the exact text the watchdog logs for it.
+        for (d, text) in [
+            (
+                &br#"{"process_name":"x"}"#[..],
+                "missing or invalid \"pid\"",
+            ),
+            (b"{}", "missing or empty \"process_name\""),
+            (b"[1,2]", "not a JSON object"),
+            (
+                br#"{"process_name":"","pid":5}"#,
+                "missing or empty \"process_name\"",
+            ),
+            (
+                br#"{"process_name":"x","pid":"5"}"#,
+                "missing or invalid \"pid\"",
+            ),
+            (
+                br#"{"process_name":"x","pid":1}"#,
+                "missing or invalid \"pid\"",
+            ),
+            (
+                br#"{"process_name":"x","pid":-3}"#,
+                "missing or invalid \"pid\"",
+            ),
+            (
+                br#"{"command":"heart_beat","process_name":"x","pid":5}"#,
+                "missing or invalid \"pid_of_process\"",
+            ),
+            (
+                br#"{"command":"reboot","process_name":"x","pid":5}"#,
+                "unknown command \"reboot\"",
+            ),
+            (
+                br#"{"process_name":"x","pid":5,"version":"1.0"}"#,
+                "\"version\" is not an object",
+            ),
+            (
+                br#"{"process_name":"x","pid":5,"version":{"major":"1"}}"#,
+                "\"version.major\" is not a number",
+            ),
+            (
+                br#"{"process_name":"x","pid":5,"run_command":3}"#,
+                "\"run_command\" is not a string",
+            ),
         ] {
-            assert!(parse(d).is_err(), "{}", String::from_utf8_lossy(d));
+            let e = parse(d).unwrap_err();
+            assert_eq!(e.to_string(), text, "{}", String::from_utf8_lossy(d));
         }
+        for d in [&b"garbage"[..], b"\xff\xfe", b""] {
+            let e = parse(d).unwrap_err();
+            assert!(matches!(e, BeatError::NotJson(_)), "{e:?}");
+            assert!(e.to_string().starts_with("not JSON: "), "{e}");
+            assert!(std::error::Error::source(&e).is_some());
+        }
+        assert!(matches!(
+            parse(br#"{"process_name":"x","pid":5,"version":{"major":1,"patch":-1}}"#),
+            Err(BeatError::VersionPart { part: "patch" })
+        ));
     }
 
     #[test]

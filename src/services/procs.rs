@@ -13,6 +13,8 @@
 use crate::platform::process::{self, Leftovers, Spec};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::{Arc, Condvar, Mutex};
@@ -140,6 +142,136 @@ impl Registry {
 }
 
 // ---------------------------------------------------------------------------------------
+// Errors
+
+/// A job argument that is missing or not what it must be. The `Display` text is the job's
+/// `meta.error`. Shared with the `daemon.*` and `service.*` jobs, which read their
+/// arguments with [`arg_str`] and wrap this in their own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgError {
+    /// `args[key]` is absent or null: `missing "pid"`.
+    Missing { key: &'static str },
+    /// `args[key]` is there but of the wrong type or out of range: `"pid" must be a positive
+    /// integer, found "12"`. `expected` completes "must be"; `found` is the JSON found.
+    Invalid {
+        key: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    /// An item of the list `args[key]` is of the wrong type: `"args" must hold strings,
+    /// found {}`.
+    Item {
+        key: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    /// The value of `entry` in the object `args[key]` is of the wrong type: `"env".A must be
+    /// a string, found [1]`.
+    Entry {
+        key: &'static str,
+        entry: String,
+        expected: &'static str,
+        found: String,
+    },
+    /// `args[key]` is an empty string where a value is needed: `"path" is empty`.
+    Empty { key: &'static str },
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgError::Missing { key } => write!(f, "missing \"{key}\""),
+            ArgError::Invalid {
+                key,
+                expected,
+                found,
+            } => write!(f, "\"{key}\" must be {expected}, found {found}"),
+            ArgError::Item {
+                key,
+                expected,
+                found,
+            } => write!(f, "\"{key}\" must hold {expected}, found {found}"),
+            ArgError::Entry {
+                key,
+                entry,
+                expected,
+                found,
+            } => write!(f, "\"{key}\".{entry} must be {expected}, found {found}"),
+            ArgError::Empty { key } => write!(f, "\"{key}\" is empty"),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+impl crate::jobs::typed::JobFailure for ArgError {}
+
+/// Why a `process.*` job or a `/proc` read failed. The `Display` text is the job's
+/// `meta.error` (SPEC §4.4: `no such pid: N`, `permission denied`).
+#[derive(Debug)]
+pub enum ProcError {
+    /// A job argument is missing or malformed.
+    Arg(ArgError),
+    /// No process has this pid: `/proc/<pid>` is gone, a signal got `ESRCH`, or it is a
+    /// zombie not started by `process.start`.
+    NoSuchPid(i32),
+    /// The kernel refused: `/proc/<pid>/stat` not readable, or a signal got `EPERM`.
+    PermissionDenied,
+    /// The pid is socketman itself, which is never stopped or signalled (a STOP would freeze
+    /// the agent for good).
+    Forbidden { pid: i32 },
+    /// `signal` is not one of [`SIGNALS`].
+    UnknownSignal(String),
+    /// `process.start` could not start the program (not found, not executable, no thread
+    /// for its reaper).
+    Start { path: String, err: io::Error },
+    /// `/proc/<pid>/stat` was read but is not in the kernel's format.
+    Parse { path: String },
+    /// A signal to `pid` failed for another reason than `ESRCH`/`EPERM`.
+    Signal { pid: i32, err: io::Error },
+    /// [`run`] was given a type that is not `process.*`.
+    UnknownType(String),
+}
+
+impl fmt::Display for ProcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcError::Arg(e) => e.fmt(f),
+            ProcError::NoSuchPid(pid) => write!(f, "no such pid: {pid}"),
+            ProcError::PermissionDenied => write!(f, "permission denied"),
+            ProcError::Forbidden { pid } => write!(f, "forbidden: {pid} is socketman itself"),
+            ProcError::UnknownSignal(name) => write!(f, "unknown signal: {name}"),
+            ProcError::Start { path, err } => {
+                // "No such file or directory (os error 2)" → "No such file or directory".
+                let msg = err.to_string();
+                let msg = msg.split(" (os error").next().unwrap_or(&msg);
+                write!(f, "cannot start {path}: {msg}")
+            }
+            ProcError::Parse { path } => write!(f, "cannot parse {path}"),
+            ProcError::Signal { pid, err } => write!(f, "cannot signal {pid}: {err}"),
+            ProcError::UnknownType(ty) => write!(f, "unknown_type: {ty}"),
+        }
+    }
+}
+
+impl std::error::Error for ProcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProcError::Start { err, .. } | ProcError::Signal { err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<ArgError> for ProcError {
+    fn from(e: ArgError) -> Self {
+        ProcError::Arg(e)
+    }
+}
+
+impl crate::jobs::typed::JobFailure for ProcError {}
+
+// ---------------------------------------------------------------------------------------
 // /proc readers
 
 /// The fields of `/proc/<pid>/stat` socketman uses.
@@ -226,15 +358,14 @@ fn user_of(users: &HashMap<u32, String>, uid: u32) -> String {
     users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
 }
 
-/// Reads `/proc/<pid>/stat`. `Err` is the job error (`no such pid: N`, `permission denied`).
-pub fn read_stat(pid: i32) -> Result<Stat, String> {
+/// Reads `/proc/<pid>/stat`. `Err` is the job error ([`ProcError::NoSuchPid`],
+/// [`ProcError::PermissionDenied`], [`ProcError::Parse`]).
+pub fn read_stat(pid: i32) -> Result<Stat, ProcError> {
     let path = format!("/proc/{pid}/stat");
     match std::fs::read_to_string(&path) {
-        Ok(t) => parse_stat(&t).ok_or_else(|| format!("cannot parse {path}")),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            Err("permission denied".into())
-        }
-        Err(_) => Err(format!("no such pid: {pid}")),
+        Ok(t) => parse_stat(&t).ok_or(ProcError::Parse { path }),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(ProcError::PermissionDenied),
+        Err(_) => Err(ProcError::NoSuchPid(pid)),
     }
 }
 
@@ -268,23 +399,31 @@ pub fn pids_named(name: &str) -> Vec<i32> {
 // Arguments
 
 /// `args[key]` as a pid (a positive integer).
-pub fn arg_pid(args: &Value, key: &str) -> Result<i32, String> {
+pub fn arg_pid(args: &Value, key: &'static str) -> Result<i32, ArgError> {
     match args.get(key) {
-        None | Some(Value::Null) => Err(format!("missing \"{key}\"")),
+        None | Some(Value::Null) => Err(ArgError::Missing { key }),
         Some(v) => v
             .as_i64()
             .filter(|n| *n > 0 && *n <= i64::from(i32::MAX))
             .map(|n| n as i32)
-            .ok_or_else(|| format!("\"{key}\" must be a positive integer, found {v}")),
+            .ok_or_else(|| ArgError::Invalid {
+                key,
+                expected: "a positive integer",
+                found: v.to_string(),
+            }),
     }
 }
 
 /// `args[key]` as a string.
-pub fn arg_str<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
+pub fn arg_str<'a>(args: &'a Value, key: &'static str) -> Result<&'a str, ArgError> {
     match args.get(key) {
-        None | Some(Value::Null) => Err(format!("missing \"{key}\"")),
+        None | Some(Value::Null) => Err(ArgError::Missing { key }),
         Some(Value::String(s)) => Ok(s),
-        Some(v) => Err(format!("\"{key}\" must be a string, found {v}")),
+        Some(v) => Err(ArgError::Invalid {
+            key,
+            expected: "a string",
+            found: v.to_string(),
+        }),
     }
 }
 
@@ -324,18 +463,18 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 /// Refuses to signal socketman itself (a STOP would freeze the agent for good).
-fn not_self(pid: i32) -> Result<(), String> {
+fn not_self(pid: i32) -> Result<(), ProcError> {
     if pid == std::process::id() as i32 {
-        return Err(format!("forbidden: {pid} is socketman itself"));
+        return Err(ProcError::Forbidden { pid });
     }
     Ok(())
 }
 
-fn kill_err(pid: i32, e: std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ESRCH) => format!("no such pid: {pid}"),
-        Some(libc::EPERM) => "permission denied".into(),
-        _ => format!("cannot signal {pid}: {e}"),
+fn kill_err(pid: i32, err: io::Error) -> ProcError {
+    match err.raw_os_error() {
+        Some(libc::ESRCH) => ProcError::NoSuchPid(pid),
+        Some(libc::EPERM) => ProcError::PermissionDenied,
+        _ => ProcError::Signal { pid, err },
     }
 }
 
@@ -353,7 +492,7 @@ impl crate::jobs::typed::Processes for Processes {
 }
 
 /// Runs one `process.*` job.
-pub fn run(reg: &Arc<Registry>, ty: &str, args: &Value) -> Result<Value, String> {
+pub fn run(reg: &Arc<Registry>, ty: &str, args: &Value) -> Result<Value, ProcError> {
     match ty {
         "process.start" => start(reg, args),
         "process.stop" => stop(reg, args),
@@ -361,15 +500,15 @@ pub fn run(reg: &Arc<Registry>, ty: &str, args: &Value) -> Result<Value, String>
         "process.status" => status(reg, args),
         "process.list" => Ok(list(reg)),
         "process.info" => info(arg_pid(args, "pid")?),
-        other => Err(format!("unknown_type: {other}")),
+        other => Err(ProcError::UnknownType(other.to_string())),
     }
 }
 
 /// Starts a program without a shell in its own process group and records it.
-pub fn start(reg: &Arc<Registry>, args: &Value) -> Result<Value, String> {
+pub fn start(reg: &Arc<Registry>, args: &Value) -> Result<Value, ProcError> {
     let path = arg_str(args, "path")?;
     if path.is_empty() {
-        return Err("\"path\" is empty".into());
+        return Err(ArgError::Empty { key: "path" }.into());
     }
     let argv: Vec<String> = match args.get("args") {
         None | Some(Value::Null) => Vec::new(),
@@ -378,10 +517,21 @@ pub fn start(reg: &Arc<Registry>, args: &Value) -> Result<Value, String> {
             .map(|x| match x {
                 Value::String(s) => Ok(s.clone()),
                 Value::Number(n) => Ok(n.to_string()),
-                other => Err(format!("\"args\" must hold strings, found {other}")),
+                other => Err(ArgError::Item {
+                    key: "args",
+                    expected: "strings",
+                    found: other.to_string(),
+                }),
             })
             .collect::<Result<_, _>>()?,
-        Some(v) => return Err(format!("\"args\" must be a list, found {v}")),
+        Some(v) => {
+            return Err(ArgError::Invalid {
+                key: "args",
+                expected: "a list",
+                found: v.to_string(),
+            }
+            .into())
+        }
     };
     let env: BTreeMap<String, String> = match args.get("env") {
         None | Some(Value::Null) => BTreeMap::new(),
@@ -391,10 +541,22 @@ pub fn start(reg: &Arc<Registry>, args: &Value) -> Result<Value, String> {
                 Value::String(s) => Ok((k.clone(), s.clone())),
                 Value::Number(n) => Ok((k.clone(), n.to_string())),
                 Value::Bool(b) => Ok((k.clone(), b.to_string())),
-                other => Err(format!("\"env\".{k} must be a string, found {other}")),
+                other => Err(ArgError::Entry {
+                    key: "env",
+                    entry: k.clone(),
+                    expected: "a string",
+                    found: other.to_string(),
+                }),
             })
             .collect::<Result<_, _>>()?,
-        Some(v) => return Err(format!("\"env\" must be an object, found {v}")),
+        Some(v) => {
+            return Err(ArgError::Invalid {
+                key: "env",
+                expected: "an object",
+                found: v.to_string(),
+            }
+            .into())
+        }
     };
     let spec = Spec::new(path).args(&argv).envs(&env);
     let reg2 = Arc::clone(reg);
@@ -420,11 +582,9 @@ pub fn start(reg: &Arc<Registry>, args: &Value) -> Result<Value, String> {
             reg2.set_exit(e.pid, exit);
         },
     )
-    .map_err(|e| {
-        let msg = e.error.to_string();
-        // "No such file or directory (os error 2)" → "No such file or directory".
-        let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
-        format!("cannot start {path}: {msg}")
+    .map_err(|e| ProcError::Start {
+        path: path.to_string(),
+        err: e.error,
     })?;
     Ok(json!({ "pid": child.pid() }))
 }
@@ -437,14 +597,18 @@ fn exit_json(e: Option<Exit>, sent: Option<i32>) -> Value {
 }
 
 /// TERM to the process group (or the process when it leads no group), KILL after `grace`.
-pub fn stop(reg: &Registry, args: &Value) -> Result<Value, String> {
+pub fn stop(reg: &Registry, args: &Value) -> Result<Value, ProcError> {
     let pid = arg_pid(args, "pid")?;
     let grace = match args.get("grace") {
         None | Some(Value::Null) => 5.0,
         Some(v) => v
             .as_f64()
             .filter(|g| *g >= 0.0 && *g <= 3600.0)
-            .ok_or_else(|| format!("\"grace\" must be seconds (0-3600), found {v}"))?,
+            .ok_or_else(|| ArgError::Invalid {
+                key: "grace",
+                expected: "seconds (0-3600)",
+                found: v.to_string(),
+            })?,
     };
     let grace = Duration::from_secs_f64(grace);
     not_self(pid)?;
@@ -455,10 +619,10 @@ pub fn stop(reg: &Registry, args: &Value) -> Result<Value, String> {
     }
     let st = read_stat(pid)?;
     if st.state == 'Z' && ours.is_none() {
-        return Err(format!("no such pid: {pid}"));
+        return Err(ProcError::NoSuchPid(pid));
     }
     let group = st.pgrp == pid && pid > 1;
-    let send = |sig: i32| -> Result<(), String> {
+    let send = |sig: i32| -> Result<(), ProcError> {
         let r = if group {
             crate::platform::sys::kill_group(pid, sig)
         } else {
@@ -495,10 +659,10 @@ pub fn stop(reg: &Registry, args: &Value) -> Result<Value, String> {
 }
 
 /// Sends one of the SPEC signals to a process.
-pub fn signal(args: &Value) -> Result<Value, String> {
+pub fn signal(args: &Value) -> Result<Value, ProcError> {
     let pid = arg_pid(args, "pid")?;
     let name = arg_str(args, "signal")?;
-    let sig = signal_number(name).ok_or_else(|| format!("unknown signal: {name}"))?;
+    let sig = signal_number(name).ok_or_else(|| ProcError::UnknownSignal(name.to_string()))?;
     not_self(pid)?;
     crate::platform::sys::kill(pid, sig).map_err(|e| kill_err(pid, e))?;
     log::info!("process.signal: {name} sent to {pid}");
@@ -506,7 +670,7 @@ pub fn signal(args: &Value) -> Result<Value, String> {
 }
 
 /// Running or not; the exit code for processes started by `process.start`.
-pub fn status(reg: &Registry, args: &Value) -> Result<Value, String> {
+pub fn status(reg: &Registry, args: &Value) -> Result<Value, ProcError> {
     let pid = arg_pid(args, "pid")?;
     match reg.get(pid) {
         Some(None) => Ok(json!({"running": true, "exit_code": null})),
@@ -519,7 +683,7 @@ pub fn status(reg: &Registry, args: &Value) -> Result<Value, String> {
             if alive(pid) {
                 Ok(json!({"running": true, "exit_code": null}))
             } else {
-                Err(format!("no such pid: {pid}"))
+                Err(ProcError::NoSuchPid(pid))
             }
         }
     }
@@ -570,7 +734,7 @@ pub fn cpu_percent(
 }
 
 /// One process in detail (the Nest bot's fields).
-pub fn info(pid: i32) -> Result<Value, String> {
+pub fn info(pid: i32) -> Result<Value, ProcError> {
     let ticks = crate::platform::sys::clock_ticks().max(1);
     let page = crate::platform::sys::page_size();
     let t0 = Instant::now();
@@ -708,11 +872,174 @@ mod tests {
     #[test]
     fn args() {
         assert_eq!(arg_pid(&json!({"pid": 12}), "pid"), Ok(12));
-        assert!(arg_pid(&json!({}), "pid").unwrap_err().contains("missing"));
-        assert!(arg_pid(&json!({"pid": "12"}), "pid").is_err());
-        assert!(arg_pid(&json!({"pid": -1}), "pid").is_err());
-        assert!(arg_pid(&json!({"pid": 1.5}), "pid").is_err());
-        assert!(arg_str(&json!({"name": 3}), "name").is_err());
+        assert_eq!(
+            arg_pid(&json!({}), "pid"),
+            Err(ArgError::Missing { key: "pid" })
+        );
+        assert_eq!(
+            arg_pid(&json!({"pid": null}), "pid")
+                .unwrap_err()
+                .to_string(),
+            "missing \"pid\""
+        );
+        for (bad, found) in [
+            (json!("12"), "\"12\""),
+            (json!(-1), "-1"),
+            (json!(0), "0"),
+            (json!(1.5), "1.5"),
+            (json!(i64::from(i32::MAX) + 1), "2147483648"),
+        ] {
+            let e = arg_pid(&json!({ "pid": bad }), "pid").unwrap_err();
+            assert_eq!(
+                e,
+                ArgError::Invalid {
+                    key: "pid",
+                    expected: "a positive integer",
+                    found: found.into()
+                }
+            );
+            assert_eq!(
+                e.to_string(),
+                format!("\"pid\" must be a positive integer, found {found}")
+            );
+        }
+        assert_eq!(arg_str(&json!({"name": "x"}), "name"), Ok("x"));
+        assert_eq!(
+            arg_str(&json!({"name": 3}), "name")
+                .unwrap_err()
+                .to_string(),
+            "\"name\" must be a string, found 3"
+        );
+        assert_eq!(
+            arg_str(&json!({}), "name").unwrap_err().to_string(),
+            "missing \"name\""
+        );
+    }
+
+    #[test]
+    fn error_texts() {
+        // The texts of meta.error (SPEC §4.4), which the fleet server matches.
+        let io = |code| io::Error::from_raw_os_error(code);
+        for (e, text) in [
+            (ProcError::NoSuchPid(5), "no such pid: 5"),
+            (ProcError::PermissionDenied, "permission denied"),
+            (
+                ProcError::Forbidden { pid: 7 },
+                "forbidden: 7 is socketman itself",
+            ),
+            (
+                ProcError::UnknownSignal("SIGBOGUS".into()),
+                "unknown signal: SIGBOGUS",
+            ),
+            (
+                ProcError::Start {
+                    path: "/x".into(),
+                    err: io(libc::ENOENT),
+                },
+                "cannot start /x: No such file or directory",
+            ),
+            (
+                ProcError::Parse {
+                    path: "/proc/9/stat".into(),
+                },
+                "cannot parse /proc/9/stat",
+            ),
+            (
+                ProcError::Signal {
+                    pid: 9,
+                    err: io(libc::EINVAL),
+                },
+                "cannot signal 9: Invalid argument (os error 22)",
+            ),
+            (
+                ProcError::UnknownType("process.x".into()),
+                "unknown_type: process.x",
+            ),
+            (ArgError::Empty { key: "path" }.into(), "\"path\" is empty"),
+            (
+                ArgError::Item {
+                    key: "args",
+                    expected: "strings",
+                    found: "{}".into(),
+                }
+                .into(),
+                "\"args\" must hold strings, found {}",
+            ),
+            (
+                ArgError::Entry {
+                    key: "env",
+                    entry: "A".into(),
+                    expected: "a string",
+                    found: "[1]".into(),
+                }
+                .into(),
+                "\"env\".A must be a string, found [1]",
+            ),
+        ] {
+            assert_eq!(e.to_string(), text, "{e:?}");
+            assert_eq!(crate::jobs::typed::Failure::from(e).error, text);
+        }
+    }
+
+    #[test]
+    fn kill_errors() {
+        let io = |code| io::Error::from_raw_os_error(code);
+        assert!(matches!(
+            kill_err(5, io(libc::ESRCH)),
+            ProcError::NoSuchPid(5)
+        ));
+        assert!(matches!(
+            kill_err(5, io(libc::EPERM)),
+            ProcError::PermissionDenied
+        ));
+        let e = kill_err(5, io(libc::EINVAL));
+        assert!(matches!(&e, ProcError::Signal { pid: 5, .. }), "{e:?}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn gone_pid_self_and_bad_signal() {
+        let reg = Arc::new(Registry::default());
+        // A pid that was just reaped and not reused yet.
+        let mut child = Command::new("/bin/true").spawn().unwrap();
+        let gone = child.id() as i32;
+        child.wait().unwrap();
+        assert!(matches!(read_stat(gone), Err(ProcError::NoSuchPid(p)) if p == gone));
+        assert!(matches!(
+            status(&reg, &json!({"pid": gone})),
+            Err(ProcError::NoSuchPid(p)) if p == gone
+        ));
+        assert!(matches!(
+            signal(&json!({"pid": gone, "signal": "SIGCONT"})),
+            Err(ProcError::NoSuchPid(p)) if p == gone
+        ));
+        let me = std::process::id() as i32;
+        assert!(matches!(
+            signal(&json!({"pid": me, "signal": "SIGCONT"})),
+            Err(ProcError::Forbidden { pid }) if pid == me
+        ));
+        assert!(matches!(
+            stop(&reg, &json!({"pid": me})),
+            Err(ProcError::Forbidden { pid }) if pid == me
+        ));
+        assert!(matches!(
+            signal(&json!({"pid": me, "signal": "TERM"})),
+            Err(ProcError::UnknownSignal(n)) if n == "TERM"
+        ));
+        assert_eq!(
+            stop(&reg, &json!({"pid": me, "grace": -1}))
+                .unwrap_err()
+                .to_string(),
+            "\"grace\" must be seconds (0-3600), found -1"
+        );
+        assert!(matches!(
+            run(&reg, "process.bogus", &json!({})),
+            Err(ProcError::UnknownType(t)) if t == "process.bogus"
+        ));
+        assert!(matches!(
+            run(&reg, "process.info", &json!({})),
+            Err(ProcError::Arg(ArgError::Missing { key: "pid" }))
+        ));
     }
 
     #[test]
@@ -744,12 +1071,37 @@ mod tests {
     #[test]
     fn start_errors() {
         let reg = Arc::new(Registry::default());
+        let text = |args: Value| start(&reg, &args).unwrap_err().to_string();
+        let e = start(&reg, &json!({"path": "/nonexistent/x"})).unwrap_err();
+        assert!(
+            matches!(&e, ProcError::Start { path, err }
+                if path == "/nonexistent/x" && err.kind() == io::ErrorKind::NotFound),
+            "{e:?}"
+        );
         assert_eq!(
-            start(&reg, &json!({"path": "/nonexistent/x"})).unwrap_err(),
+            e.to_string(),
             "cannot start /nonexistent/x: No such file or directory"
         );
-        assert!(start(&reg, &json!({"path": "/bin/true", "args": "x"})).is_err());
-        assert!(start(&reg, &json!({"path": "/bin/true", "env": {"A": [1]}})).is_err());
-        assert!(start(&reg, &json!({})).is_err());
+        assert_eq!(
+            text(json!({"path": "/bin/true", "args": "x"})),
+            "\"args\" must be a list, found \"x\""
+        );
+        assert_eq!(
+            text(json!({"path": "/bin/true", "args": [{}]})),
+            "\"args\" must hold strings, found {}"
+        );
+        assert_eq!(
+            text(json!({"path": "/bin/true", "env": {"A": [1]}})),
+            "\"env\".A must be a string, found [1]"
+        );
+        assert_eq!(
+            text(json!({"path": "/bin/true", "env": [1]})),
+            "\"env\" must be an object, found [1]"
+        );
+        assert_eq!(text(json!({"path": ""})), "\"path\" is empty");
+        assert!(matches!(
+            start(&reg, &json!({})),
+            Err(ProcError::Arg(ArgError::Missing { key: "path" }))
+        ));
     }
 }

@@ -45,6 +45,100 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
 /// rolls back at once.
 pub const MAX_STARTS: u32 = 3;
 
+/// Why an `agent.update` failed before anything was switched (its `Display` is the job's
+/// `error`).
+#[derive(Debug)]
+pub enum SelfUpdateError {
+    /// Bad args, download, size or checksum (SPEC §8.3's errors, shared with `service.update`).
+    Update(update::UpdateError),
+    /// The path of the running binary is unknown.
+    ExeUnknown(io::Error),
+    /// The running binary was replaced or deleted under us.
+    ExeDeleted(PathBuf),
+    /// The running binary has no parent directory.
+    NoDir(PathBuf),
+    /// Another update is still pending (waiting for its new process to confirm).
+    Pending { version: String, job_id: String },
+    /// The new binary cannot be started at all.
+    NotRunnable { path: PathBuf, err: io::Error },
+    /// `--version` did not exit within the limit.
+    VersionTimeout { path: PathBuf, secs: u64 },
+    /// Waiting for the `--version` run failed.
+    Wait { path: PathBuf, err: String },
+    /// `--version` exited non-zero (`tail`: the start of its output).
+    VersionFailed {
+        path: PathBuf,
+        status: String,
+        tail: String,
+    },
+    /// A file step failed: making the download executable, keeping `.bak`, writing the
+    /// marker, renaming the new binary over the old one.
+    File {
+        step: FileStep,
+        path: PathBuf,
+        err: io::Error,
+    },
+    /// socketman is stopping: the re-exec cannot be asked for any more (nothing changed).
+    Stopping,
+}
+
+/// Which file step of [`SelfUpdateError::File`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStep {
+    Chmod,
+    Backup,
+    Marker,
+    Replace,
+}
+
+impl std::fmt::Display for SelfUpdateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use SelfUpdateError as E;
+        match self {
+            E::Update(e) => write!(f, "{e}"),
+            E::ExeUnknown(e) => write!(f, "cannot find my executable: {e}"),
+            E::ExeDeleted(p) => write!(f, "my executable {} was deleted", p.display()),
+            E::NoDir(p) => write!(f, "{}: no directory", p.display()),
+            E::Pending { version, job_id } => {
+                write!(
+                    f,
+                    "busy: update to {version} (job {job_id}) is still pending"
+                )
+            }
+            E::NotRunnable { path, err } => {
+                write!(f, "new binary {} does not run: {err}", path.display())
+            }
+            E::VersionTimeout { path, secs } => write!(
+                f,
+                "new binary {}: --version did not exit within {secs} s",
+                path.display()
+            ),
+            E::Wait { path, err } => write!(f, "new binary {}: wait failed: {err}", path.display()),
+            E::VersionFailed { path, status, tail } => write!(
+                f,
+                "new binary {}: --version failed ({status}): {tail}",
+                path.display()
+            ),
+            E::File { step, path, err } => match step {
+                FileStep::Chmod => write!(f, "{}: {err}", path.display()),
+                FileStep::Backup => write!(f, "cannot keep {}: {err}", path.display()),
+                FileStep::Marker => write!(f, "cannot write {}: {err}", path.display()),
+                FileStep::Replace => write!(f, "cannot replace {}: {err}", path.display()),
+            },
+            E::Stopping => write!(f, "busy: socketman is stopping"),
+        }
+    }
+}
+
+impl std::error::Error for SelfUpdateError {}
+impl crate::jobs::typed::JobFailure for SelfUpdateError {}
+
+impl From<update::UpdateError> for SelfUpdateError {
+    fn from(e: update::UpdateError) -> Self {
+        SelfUpdateError::Update(e)
+    }
+}
+
 /// The `agent.update` job handler: the config and where the re-exec request goes.
 #[derive(Clone)]
 pub struct SelfUpdate {
@@ -146,8 +240,7 @@ pub fn restore_backup(exe: &Path) -> io::Result<()> {
 }
 
 /// Runs `path --version`; it must exit 0 within `timeout`. Returns its first output line.
-pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, String> {
-    let shown = path.display();
+pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, SelfUpdateError> {
     let spec = Spec::new(path).arg("--version");
     // A background child of the new binary could keep the pipe open: read for 1 s at most.
     let opts = RunOpts::new(timeout)
@@ -162,55 +255,62 @@ pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, String
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(format!("new binary {shown} does not run: {}", e.error)),
+            Err(e) => {
+                return Err(SelfUpdateError::NotRunnable {
+                    path: path.to_path_buf(),
+                    err: e.error,
+                })
+            }
         }
     };
     if out.timed_out {
-        return Err(format!(
-            "new binary {shown}: --version did not exit within {} s",
-            timeout.as_secs()
-        ));
+        return Err(SelfUpdateError::VersionTimeout {
+            path: path.to_path_buf(),
+            secs: timeout.as_secs(),
+        });
     }
-    let status = out
-        .status
-        .as_ref()
-        .map_err(|e| format!("new binary {shown}: wait failed: {e}"))?;
+    let status = out.status.as_ref().map_err(|e| SelfUpdateError::Wait {
+        path: path.to_path_buf(),
+        err: e.to_string(),
+    })?;
     let output = out.output_lossy();
     let first = output.lines().next().unwrap_or("").trim().to_string();
     if !status.success() {
         let tail: String = output.trim().chars().take(200).collect();
-        return Err(format!(
-            "new binary {shown}: --version failed ({status}): {tail}"
-        ));
+        return Err(SelfUpdateError::VersionFailed {
+            path: path.to_path_buf(),
+            status: status.to_string(),
+            tail,
+        });
     }
     Ok(first)
 }
 
 /// The executable of this process. Refused when it was replaced or deleted under us.
-fn own_exe() -> Result<PathBuf, String> {
-    let p = std::env::current_exe().map_err(|e| format!("cannot find my executable: {e}"))?;
+fn own_exe() -> Result<PathBuf, SelfUpdateError> {
+    let p = std::env::current_exe().map_err(SelfUpdateError::ExeUnknown)?;
     if p.to_string_lossy().ends_with(" (deleted)") {
-        return Err(format!("my executable {} was deleted", p.display()));
+        return Err(SelfUpdateError::ExeDeleted(p));
     }
     Ok(p)
 }
 
 /// `agent.update`: download, verify, check `--version`, keep `.bak`, write the marker,
 /// switch, then ask for the re-exec. `Err`: nothing changed (except a refreshed `.bak`).
-pub fn run(su: &SelfUpdate, job_id: &str, args: &Value) -> Result<Done, String> {
+pub fn run(su: &SelfUpdate, job_id: &str, args: &Value) -> Result<Done, SelfUpdateError> {
     let cfg = su.cfg.get();
-    let a = update::parse_args(args, false).map_err(|e| e.to_string())?;
+    let a = update::parse_args(args, false)?;
     let exe = own_exe()?;
     let dir = exe
         .parent()
-        .ok_or_else(|| format!("{}: no directory", exe.display()))?
+        .ok_or_else(|| SelfUpdateError::NoDir(exe.clone()))?
         .to_path_buf();
     let marker_file = marker_path(&cfg.state_dir);
     if let Some(m) = read_marker(&marker_file) {
-        return Err(format!(
-            "busy: update to {} (job {}) is still pending",
-            m.version, m.job_id
-        ));
+        return Err(SelfUpdateError::Pending {
+            version: m.version,
+            job_id: m.job_id,
+        });
     }
     log::info!(
         "agent.update: {} -> {} from {} (job {job_id})",
@@ -224,15 +324,18 @@ pub fn run(su: &SelfUpdate, job_id: &str, args: &Value) -> Result<Done, String> 
         &dir,
         update::DOWNLOAD_MAX,
         update::DOWNLOAD_TIMEOUT,
-    )
-    .map_err(|e| e.to_string())?;
-    update::check_sha256(&a.sha256, &dl.sha256).map_err(|e| e.to_string())?;
+    )?;
+    update::check_sha256(&a.sha256, &dl.sha256)?;
     let new = dl.file;
+    let file_err = |step, path: &Path| {
+        let path = path.to_path_buf();
+        move |err| SelfUpdateError::File { step, path, err }
+    };
     fs::set_permissions(new.path(), fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("{}: {e}", new.path().display()))?;
+        .map_err(file_err(FileStep::Chmod, new.path()))?;
     let said = check_new_binary(new.path(), VERSION_CHECK_TIMEOUT)?;
     log::info!("agent.update: new binary answers {said:?}");
-    backup(&exe).map_err(|e| format!("cannot keep {}: {e}", backup_path(&exe).display()))?;
+    backup(&exe).map_err(file_err(FileStep::Backup, &backup_path(&exe)))?;
     let marker = Marker {
         job_id: job_id.to_string(),
         version: a.version.clone(),
@@ -245,10 +348,10 @@ pub fn run(su: &SelfUpdate, job_id: &str, args: &Value) -> Result<Done, String> 
     };
     crate::platform::fs::ensure_dir(&cfg.state_dir)
         .and_then(|()| write_marker(&marker_file, &marker))
-        .map_err(|e| format!("cannot write {}: {e}", marker_file.display()))?;
+        .map_err(file_err(FileStep::Marker, &marker_file))?;
     if let Err(e) = fs::rename(new.path(), &exe) {
         let _ = fs::remove_file(&marker_file);
-        return Err(format!("cannot replace {}: {e}", exe.display()));
+        return Err(file_err(FileStep::Replace, &exe)(e));
     }
     let _ = new.keep();
     if let Ok(d) = fs::File::open(&dir) {
@@ -279,7 +382,7 @@ pub fn run(su: &SelfUpdate, job_id: &str, args: &Value) -> Result<Done, String> 
         // The main loop is gone (stopping): undo, nothing changed.
         let _ = restore_backup(&exe);
         let _ = fs::remove_file(&marker_file);
-        return Err("busy: socketman is stopping".into());
+        return Err(SelfUpdateError::Stopping);
     }
     Ok(Done::AnsweredLater)
 }
@@ -555,7 +658,9 @@ mod tests {
             "socketman 9.9.9 (--version)"
         );
         let bad = script(d.path(), "bad", "echo broken >&2; exit 3");
-        let e = check_new_binary(&bad, VERSION_CHECK_TIMEOUT).unwrap_err();
+        let e = check_new_binary(&bad, VERSION_CHECK_TIMEOUT)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--version failed") && e.contains("broken"),
             "{e}"
@@ -563,11 +668,22 @@ mod tests {
         let slow = script(d.path(), "slow", "exec sleep 30");
         let t = Instant::now();
         let e = check_new_binary(&slow, Duration::from_millis(300)).unwrap_err();
-        assert!(e.contains("did not exit within"), "{e}");
+        assert!(
+            matches!(e, SelfUpdateError::VersionTimeout { secs: 0, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("did not exit within"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(10));
         let data = d.path().join("data");
         fs::write(&data, b"\x7fELF garbage").unwrap();
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(check_new_binary(&data, VERSION_CHECK_TIMEOUT).is_err());
+        let e = check_new_binary(&data, VERSION_CHECK_TIMEOUT).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SelfUpdateError::NotRunnable { .. } | SelfUpdateError::VersionFailed { .. }
+            ),
+            "{e}"
+        );
     }
 }

@@ -744,8 +744,8 @@ impl crate::services::update::ServiceControl for Supervisor {
     fn set_updating(&self, name: &str, updating: bool) {
         set_updating(self, name, updating);
     }
-    fn restart(&self, name: &str) -> Result<(), String> {
-        restart(self, name).map(|_| ()).map_err(|e| e.to_string())
+    fn restart(&self, name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(restart(self, name).map(|_| ())?)
     }
     fn observe(&self, name: &str) -> Option<crate::services::update::Observation> {
         let i = info(self, name)?;

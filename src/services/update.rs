@@ -753,7 +753,7 @@ pub trait ServiceControl {
     /// Marks the service `updating` (true) or back to its normal status (false).
     fn set_updating(&self, name: &str, updating: bool);
     /// Stops and starts the service again, now from `current` (or its configured `dir`).
-    fn restart(&self, name: &str) -> Result<(), String>;
+    fn restart(&self, name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
     /// The service's state now.
     fn observe(&self, name: &str) -> Option<Observation>;
 }
@@ -1395,7 +1395,7 @@ mod tests {
                 .borrow_mut()
                 .push(format!("updating {name} {updating}"));
         }
-        fn restart(&self, name: &str) -> Result<(), String> {
+        fn restart(&self, name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             *self.pid.borrow_mut() += 1;
             let v = current_version(&self.dir).unwrap_or_else(|| "config".into());
             self.log.borrow_mut().push(format!("restart {name} {v}"));

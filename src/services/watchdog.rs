@@ -38,13 +38,31 @@ fn timeout_of(w: &Watchdog) -> Duration {
     Duration::from_secs(w.cfg.get().watchdog_timeout.max(1))
 }
 
+/// A heartbeating process's `run_command` could not be started.
+#[derive(Debug)]
+pub struct RunCommandError {
+    pub cmd: String,
+    pub err: std::io::Error,
+}
+
+impl std::fmt::Display for RunCommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot run {:?}: {}", self.cmd, self.err)
+    }
+}
+
+impl std::error::Error for RunCommandError {}
+
 /// Starts `/bin/sh -c cmd` in its own process group; a thread reaps it.
-fn run_command(cmd: &str) -> Result<i32, String> {
+fn run_command(cmd: &str) -> Result<i32, RunCommandError> {
     // Its own group, socketman's stdout/stderr; the reaper thread only reaps it.
     let spec = Spec::shell(cmd).streams(Streams::Inherit);
     process::spawn_supervised(&spec, Leftovers::Keep, &|_| {}, |_| {})
         .map(|c| c.pid())
-        .map_err(|e| format!("cannot run {cmd:?}: {}", e.error))
+        .map_err(|e| RunCommandError {
+            cmd: cmd.to_string(),
+            err: e.error,
+        })
 }
 
 /// Handles one lost process: KILL and restart (or restart through the supervisor).
