@@ -588,7 +588,8 @@ fn a_panic_in_a_worker_ends_the_process_and_a_respawn_answers_the_job() {
     let b = Broker::start();
     let mut a = Agent::start(&b, |_| {});
     a.send_job(&json!({"id": "boom", "timestamp": now(), "meta": {"type": "test.panic"}}));
-    a.wait_msg(Topic::Delivery, |v| v["id"] == "boom", T);
+    // The abort may come before the DELIVERED leaves the outbox (as with kill -9): the job
+    // is in the seen-id journal all the same, so the next process answers it.
     let mut child = a.child.take().expect("running");
     let end = Instant::now() + T;
     let status = loop {
