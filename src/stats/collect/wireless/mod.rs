@@ -24,7 +24,16 @@
 //! Every parser takes the tool's text and skips what it does not understand; a missing tool
 //! gives empty lists. Tools are found on `PATH` (plus the usual sbin directories), and each
 //! run is killed after a timeout so a hung driver cannot stall the collector.
+//!
+//! Files: this one has the tool runner, the shared `Station`/`Bss` types and [`read`], which
+//! puts the parts together; [`iw`] parses `iw` text, [`ubus`] parses `ubus call iwinfo` JSON.
 #![forbid(unsafe_code)]
+
+pub mod iw;
+pub mod ubus;
+
+pub use iw::*;
+pub use ubus::*;
 
 use crate::platform::process::{self, Capture, RunOpts, Spec};
 use serde_json::{json, Value};
@@ -98,110 +107,6 @@ impl Tools for SystemTools {
 const TOOL_TIMEOUT: Duration = Duration::from_secs(3);
 const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An interface as `iw dev` describes it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct IwIface {
-    pub phy: Option<String>,
-    pub name: String,
-    pub addr: Option<String>,
-    pub ssid: Option<String>,
-    pub kind: Option<String>,
-    pub channel: Option<u32>,
-    pub frequency: Option<u32>,
-    pub tx_power: Option<f64>,
-}
-
-/// Splits `key<sep>value` on the first `:` and trims both (tabs and spaces vary).
-fn kv(line: &str) -> Option<(&str, &str)> {
-    let (k, v) = line.split_once(':')?;
-    Some((k.trim(), v.trim()))
-}
-
-fn first_num<T: std::str::FromStr>(s: &str) -> Option<T> {
-    s.split_whitespace().next()?.parse().ok()
-}
-
-/// First number of a string, as a float rounded to the nearest integer (`-43.01` → -43).
-fn first_int(s: &str) -> Option<i64> {
-    let f: f64 = first_num(s)?;
-    f.is_finite().then(|| f.round() as i64)
-}
-
-/// `iw dev` (or `iw dev X info`) output.
-pub fn parse_iw_dev(text: &str) -> Vec<IwIface> {
-    let mut out: Vec<IwIface> = Vec::new();
-    let mut phy: Option<String> = None;
-    for raw in text.lines() {
-        let line = raw.trim();
-        if let Some(p) = line.strip_prefix("phy#") {
-            phy = Some(format!("phy{}", p.trim()));
-            continue;
-        }
-        if let Some(name) = line.strip_prefix("Interface ") {
-            out.push(IwIface {
-                phy: phy.clone(),
-                name: name.trim().to_string(),
-                ..Default::default()
-            });
-            continue;
-        }
-        let Some(cur) = out.last_mut() else { continue };
-        let (key, rest) = match line.split_once(char::is_whitespace) {
-            Some((k, r)) => (k, r.trim()),
-            None => continue,
-        };
-        match key {
-            "addr" => cur.addr = Some(rest.to_ascii_lowercase()),
-            "ssid" => cur.ssid = Some(line["ssid".len()..].trim_start().to_string()),
-            "type" => cur.kind = Some(rest.to_string()),
-            "wiphy" if cur.phy.is_none() => cur.phy = Some(format!("phy{rest}")),
-            "channel" => {
-                cur.channel = first_num(rest);
-                cur.frequency = rest
-                    .split_once('(')
-                    .and_then(|(_, f)| first_num::<f64>(f))
-                    .map(|f| f.round() as u32);
-            }
-            "txpower" => cur.tx_power = first_num(rest),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// `iw dev X link`: the AP a client interface is connected to.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Link {
-    pub bssid: String,
-    pub ssid: Option<String>,
-    pub frequency: Option<u32>,
-    pub signal: Option<i64>,
-    pub tx_bitrate: Option<f64>,
-}
-
-/// `iw dev X link` output; `None` for `Not connected.` or garbage.
-pub fn parse_iw_link(text: &str) -> Option<Link> {
-    let mut lines = text.lines();
-    let first = lines.next()?.trim();
-    let rest = first.strip_prefix("Connected to ")?;
-    let bssid = rest.split_whitespace().next()?.to_ascii_lowercase();
-    let mut l = Link {
-        bssid,
-        ..Default::default()
-    };
-    for line in lines {
-        let Some((k, v)) = kv(line) else { continue };
-        match k {
-            "SSID" => l.ssid = Some(v.to_string()),
-            "freq" => l.frequency = first_num::<f64>(v).map(|f| f.round() as u32),
-            "signal" => l.signal = first_int(v),
-            "tx bitrate" => l.tx_bitrate = first_num(v),
-            _ => {}
-        }
-    }
-    Some(l)
-}
-
 /// One associated station.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Station {
@@ -228,44 +133,6 @@ impl Station {
             "tx_bitrate": self.tx_bitrate, "rx_bitrate": self.rx_bitrate,
         })
     }
-}
-
-/// `iw dev X station dump` (or `station get`) output. Field order does not matter.
-pub fn parse_station_dump(text: &str) -> Vec<Station> {
-    let mut out: Vec<Station> = Vec::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(rest) = t.strip_prefix("Station ") {
-            let mut it = rest.split_whitespace();
-            let Some(mac) = it.next() else { continue };
-            let iface = rest
-                .split_once("(on ")
-                .and_then(|(_, r)| r.split(')').next())
-                .unwrap_or("")
-                .to_string();
-            out.push(Station {
-                interface: iface,
-                mac: mac.to_ascii_lowercase(),
-                ..Default::default()
-            });
-            continue;
-        }
-        let Some(s) = out.last_mut() else { continue };
-        let Some((k, v)) = kv(t) else { continue };
-        match k {
-            "inactive time" => s.inactive_time = first_num(v),
-            "rx bytes" => s.rx_bytes = first_num(v),
-            "tx bytes" => s.tx_bytes = first_num(v),
-            "rx packets" => s.rx_packets = first_num(v),
-            "tx packets" => s.tx_packets = first_num(v),
-            "signal" => s.signal = first_int(v),
-            "tx bitrate" => s.tx_bitrate = first_num(v),
-            "rx bitrate" => s.rx_bitrate = first_num(v),
-            "connected time" => s.conn_time = first_num(v),
-            _ => {}
-        }
-    }
-    out
 }
 
 /// One neighbouring BSS.
@@ -301,312 +168,6 @@ pub fn freq_to_channel(f: u32) -> Option<u32> {
     }
 }
 
-/// Encryption label from protocol versions and authentication suites.
-fn encryption_label(
-    wpa1: bool,
-    rsn: bool,
-    sae_only: bool,
-    suites: &BTreeSet<String>,
-    privacy: bool,
-) -> String {
-    let mut protos = Vec::new();
-    if wpa1 {
-        protos.push("WPA");
-    }
-    if rsn {
-        if sae_only {
-            protos.push("WPA3");
-        } else if suites.contains("SAE") {
-            protos.push("WPA2/WPA3");
-        } else {
-            protos.push("WPA2");
-        }
-    }
-    if protos.is_empty() {
-        return if privacy { "WEP".into() } else { "none".into() };
-    }
-    let auth: Vec<&str> = suites.iter().map(String::as_str).collect();
-    if auth.is_empty() {
-        protos.join("/")
-    } else {
-        format!("{} {}", protos.join("/"), auth.join("/"))
-    }
-}
-
-fn suite_name(s: &str) -> String {
-    match s.trim() {
-        "IEEE 802.1X" | "802.1x" | "8021x" => "802.1X".into(),
-        "sae" => "SAE".into(),
-        "psk" => "PSK".into(),
-        other => other.to_string(),
-    }
-}
-
-/// `iw dev X scan` output.
-pub fn parse_iw_scan(text: &str) -> Vec<Bss> {
-    #[derive(Default)]
-    struct Acc {
-        bss: Bss,
-        wpa1: bool,
-        rsn: bool,
-        privacy: bool,
-        suites: BTreeSet<String>,
-        rsn_suites: BTreeSet<String>,
-    }
-    fn finish(a: Acc) -> Bss {
-        let mut b = a.bss;
-        if b.channel.is_none() {
-            b.channel = b.frequency.and_then(freq_to_channel);
-        }
-        let sae_only = !a.rsn_suites.is_empty() && a.rsn_suites.iter().all(|s| s == "SAE");
-        b.encryption = encryption_label(a.wpa1, a.rsn, sae_only, &a.suites, a.privacy);
-        b
-    }
-    let mut out = Vec::new();
-    let mut cur: Option<Acc> = None;
-    let mut section = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("BSS ") {
-            if let Some(a) = cur.take() {
-                out.push(finish(a));
-            }
-            let mac: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit() || *c == ':')
-                .collect();
-            if mac.len() == 17 {
-                cur = Some(Acc {
-                    bss: Bss {
-                        mac: mac.to_ascii_lowercase(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                });
-            }
-            section.clear();
-            continue;
-        }
-        let Some(a) = cur.as_mut() else { continue };
-        // Top-level lines have one level of indent; deeper ones belong to `section`.
-        let indent = line.len() - line.trim_start().len();
-        let deeper = line.starts_with("\t\t") || (indent > 1 && !line.starts_with('\t'));
-        let t = line.trim();
-        let item = t.trim_start_matches('*').trim();
-        if !deeper {
-            let Some((k, v)) = kv(t) else { continue };
-            section = k.to_string();
-            match k {
-                "freq" => a.bss.frequency = first_num::<f64>(v).map(|f| f.round() as u32),
-                "signal" => a.bss.signal = first_int(v),
-                "last seen" if v.ends_with("ms ago") => a.bss.last_seen = first_num(v),
-                "SSID" => a.bss.ssid = Some(v.to_string()),
-                "DS Parameter set" => a.bss.channel = v.strip_prefix("channel").and_then(first_num),
-                "capability" => a.privacy = v.split_whitespace().any(|w| w == "Privacy"),
-                "RSN" => a.rsn = true,
-                "WPA" => a.wpa1 = true,
-                _ => {}
-            }
-            // `RSN:\t * Version: 1`: the first item sits on the section line.
-            if let Some((_, inner)) = t.split_once(":") {
-                let inner = inner.trim().trim_start_matches('*').trim();
-                if let Some((ik, iv)) = kv(inner) {
-                    section_item(a, &section, ik, iv);
-                }
-            }
-        } else if let Some((k, v)) = kv(item) {
-            let sec = section.clone();
-            section_item(a, &sec, k, v);
-        }
-    }
-    fn section_item(a: &mut Acc, section: &str, k: &str, v: &str) {
-        if (section == "RSN" || section == "WPA") && k == "Authentication suites" {
-            let names: Vec<String> = split_suites(v);
-            for n in names {
-                if section == "RSN" {
-                    a.rsn_suites.insert(n.clone());
-                }
-                a.suites.insert(n);
-            }
-        }
-    }
-    if let Some(a) = cur.take() {
-        out.push(finish(a));
-    }
-    out
-}
-
-/// `PSK`, `IEEE 802.1X`, `SAE`, `FT/PSK`, … separated by spaces.
-fn split_suites(v: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let words: Vec<&str> = v.split_whitespace().collect();
-    let mut i = 0;
-    while i < words.len() {
-        if words[i] == "IEEE" && i + 1 < words.len() {
-            out.push(suite_name(&format!("IEEE {}", words[i + 1])));
-            i += 2;
-        } else {
-            out.push(suite_name(words[i]));
-            i += 1;
-        }
-    }
-    out
-}
-
-/// What `ubus call iwinfo info` says about one interface.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UbusInfo {
-    pub ssid: Option<String>,
-    pub bssid: Option<String>,
-    pub channel: Option<u32>,
-    pub frequency: Option<u32>,
-    pub tx_power: Option<f64>,
-    pub signal: Option<i64>,
-    pub noise: Option<i64>,
-    pub bitrate: Option<f64>,
-    pub quality: Option<i64>,
-    pub quality_max: Option<i64>,
-}
-
-fn jstr(v: &Value, k: &str) -> Option<String> {
-    v.get(k)?.as_str().map(str::to_string)
-}
-fn ju32(v: &Value, k: &str) -> Option<u32> {
-    v.get(k)?.as_u64().and_then(|n| u32::try_from(n).ok())
-}
-fn ji64(v: &Value, k: &str) -> Option<i64> {
-    v.get(k)?.as_i64()
-}
-fn ju64(v: &Value, k: &str) -> Option<u64> {
-    v.get(k)?.as_u64()
-}
-/// iwinfo rates are kbit/s; the record uses Mbit/s.
-fn kbit_to_mbit(v: &Value, k: &str) -> Option<f64> {
-    v.get(k)?.as_f64().map(|r| r / 1000.0)
-}
-
-/// `ubus call iwinfo info {"device":X}` JSON.
-pub fn parse_ubus_info(text: &str) -> Option<UbusInfo> {
-    let v: Value = serde_json::from_str(text).ok()?;
-    if !v.is_object() {
-        return None;
-    }
-    Some(UbusInfo {
-        ssid: jstr(&v, "ssid"),
-        bssid: jstr(&v, "bssid").map(|b| b.to_ascii_lowercase()),
-        channel: ju32(&v, "channel"),
-        frequency: ju32(&v, "frequency"),
-        tx_power: v.get("txpower").and_then(Value::as_f64),
-        signal: ji64(&v, "signal"),
-        noise: ji64(&v, "noise").filter(|n| *n != 0),
-        bitrate: kbit_to_mbit(&v, "bitrate"),
-        quality: ji64(&v, "quality"),
-        quality_max: ji64(&v, "quality_max"),
-    })
-}
-
-/// `ubus call iwinfo assoclist {"device":X}` JSON.
-pub fn parse_ubus_assoclist(text: &str, interface: &str) -> Vec<Station> {
-    let Ok(v) = serde_json::from_str::<Value>(text) else {
-        return Vec::new();
-    };
-    let Some(list) = v.get("results").and_then(Value::as_array) else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|s| {
-            let mac = jstr(s, "mac")?.to_ascii_lowercase();
-            let rx = s.get("rx").cloned().unwrap_or(Value::Null);
-            let tx = s.get("tx").cloned().unwrap_or(Value::Null);
-            Some(Station {
-                interface: interface.to_string(),
-                mac,
-                signal: ji64(s, "signal"),
-                rx_bytes: ju64(&rx, "bytes"),
-                tx_bytes: ju64(&tx, "bytes"),
-                rx_packets: ju64(&rx, "packets"),
-                tx_packets: ju64(&tx, "packets"),
-                inactive_time: ju64(s, "inactive"),
-                conn_time: ju64(s, "connected_time"),
-                tx_bitrate: kbit_to_mbit(&tx, "rate"),
-                rx_bitrate: kbit_to_mbit(&rx, "rate"),
-            })
-        })
-        .collect()
-}
-
-/// `ubus call iwinfo scan {"device":X}` JSON.
-pub fn parse_ubus_scan(text: &str) -> Vec<Bss> {
-    let Ok(v) = serde_json::from_str::<Value>(text) else {
-        return Vec::new();
-    };
-    let Some(list) = v.get("results").and_then(Value::as_array) else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|b| {
-            let mac = jstr(b, "bssid")?.to_ascii_lowercase();
-            let enc = b.get("encryption").cloned().unwrap_or(Value::Null);
-            let enabled = enc.get("enabled").and_then(Value::as_bool).unwrap_or(false);
-            let versions: Vec<u64> = enc
-                .get("wpa")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                .unwrap_or_default();
-            let suites: BTreeSet<String> = enc
-                .get("authentication")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(suite_name).collect())
-                .unwrap_or_default();
-            let encryption = if !enabled {
-                "none".to_string()
-            } else if versions.is_empty() {
-                "WEP".to_string()
-            } else {
-                let protos: Vec<String> = versions
-                    .iter()
-                    .map(|n| {
-                        if *n == 1 {
-                            "WPA".into()
-                        } else {
-                            format!("WPA{n}")
-                        }
-                    })
-                    .collect();
-                let auth: Vec<&str> = suites.iter().map(String::as_str).collect();
-                if auth.is_empty() {
-                    protos.join("/")
-                } else {
-                    format!("{} {}", protos.join("/"), auth.join("/"))
-                }
-            };
-            let frequency = ju32(b, "mhz");
-            Some(Bss {
-                mac,
-                ssid: jstr(b, "ssid"),
-                channel: ju32(b, "channel").or_else(|| frequency.and_then(freq_to_channel)),
-                frequency,
-                signal: ji64(b, "signal"),
-                encryption,
-                last_seen: None,
-            })
-        })
-        .collect()
-}
-
-/// `ubus call iwinfo devices` JSON → interface names.
-pub fn parse_ubus_devices(text: &str) -> Vec<String> {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v.get("devices").and_then(Value::as_array).cloned())
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The three wireless lists of a record.
 #[derive(Debug, Clone, Default)]
 pub struct Wireless {
@@ -620,11 +181,6 @@ fn is_ap(kind: Option<&str>) -> bool {
         kind.map(str::to_ascii_lowercase).as_deref(),
         Some("ap") | Some("mesh point") | Some("p2p-go") | Some("master")
     )
-}
-
-fn ubus_info(tools: &dyn Tools, iface: &str) -> Option<UbusInfo> {
-    let arg = json!({ "device": iface }).to_string();
-    parse_ubus_info(&tools.run("ubus", &["call", "iwinfo", "info", &arg], TOOL_TIMEOUT)?)
 }
 
 /// Collects `ssids`/`stations` (when `scan`) and `survey` (when `survey`).
@@ -755,7 +311,7 @@ mod tests {
 
     macro_rules! fx {
         ($f:literal) => {
-            include_str!(concat!("../../../tests/fixtures/", $f))
+            include_str!(concat!("../../../../tests/fixtures/", $f))
         };
     }
 

@@ -1,0 +1,168 @@
+//! Parsers of `ubus call iwinfo …` JSON (rpcd's iwinfo plugin on OpenWrt): `info`,
+//! `assoclist`, `scan`, `devices`. Pure but for [`ubus_info`], which runs the call.
+#![forbid(unsafe_code)]
+
+use super::iw::suite_name;
+use super::{freq_to_channel, Bss, Station, Tools, TOOL_TIMEOUT};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+/// What `ubus call iwinfo info` says about one interface.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UbusInfo {
+    pub ssid: Option<String>,
+    pub bssid: Option<String>,
+    pub channel: Option<u32>,
+    pub frequency: Option<u32>,
+    pub tx_power: Option<f64>,
+    pub signal: Option<i64>,
+    pub noise: Option<i64>,
+    pub bitrate: Option<f64>,
+    pub quality: Option<i64>,
+    pub quality_max: Option<i64>,
+}
+
+fn jstr(v: &Value, k: &str) -> Option<String> {
+    v.get(k)?.as_str().map(str::to_string)
+}
+fn ju32(v: &Value, k: &str) -> Option<u32> {
+    v.get(k)?.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+fn ji64(v: &Value, k: &str) -> Option<i64> {
+    v.get(k)?.as_i64()
+}
+fn ju64(v: &Value, k: &str) -> Option<u64> {
+    v.get(k)?.as_u64()
+}
+/// iwinfo rates are kbit/s; the record uses Mbit/s.
+fn kbit_to_mbit(v: &Value, k: &str) -> Option<f64> {
+    v.get(k)?.as_f64().map(|r| r / 1000.0)
+}
+
+/// `ubus call iwinfo info {"device":X}` JSON.
+pub fn parse_ubus_info(text: &str) -> Option<UbusInfo> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    if !v.is_object() {
+        return None;
+    }
+    Some(UbusInfo {
+        ssid: jstr(&v, "ssid"),
+        bssid: jstr(&v, "bssid").map(|b| b.to_ascii_lowercase()),
+        channel: ju32(&v, "channel"),
+        frequency: ju32(&v, "frequency"),
+        tx_power: v.get("txpower").and_then(Value::as_f64),
+        signal: ji64(&v, "signal"),
+        noise: ji64(&v, "noise").filter(|n| *n != 0),
+        bitrate: kbit_to_mbit(&v, "bitrate"),
+        quality: ji64(&v, "quality"),
+        quality_max: ji64(&v, "quality_max"),
+    })
+}
+
+/// `ubus call iwinfo assoclist {"device":X}` JSON.
+pub fn parse_ubus_assoclist(text: &str, interface: &str) -> Vec<Station> {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let Some(list) = v.get("results").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|s| {
+            let mac = jstr(s, "mac")?.to_ascii_lowercase();
+            let rx = s.get("rx").cloned().unwrap_or(Value::Null);
+            let tx = s.get("tx").cloned().unwrap_or(Value::Null);
+            Some(Station {
+                interface: interface.to_string(),
+                mac,
+                signal: ji64(s, "signal"),
+                rx_bytes: ju64(&rx, "bytes"),
+                tx_bytes: ju64(&tx, "bytes"),
+                rx_packets: ju64(&rx, "packets"),
+                tx_packets: ju64(&tx, "packets"),
+                inactive_time: ju64(s, "inactive"),
+                conn_time: ju64(s, "connected_time"),
+                tx_bitrate: kbit_to_mbit(&tx, "rate"),
+                rx_bitrate: kbit_to_mbit(&rx, "rate"),
+            })
+        })
+        .collect()
+}
+
+/// `ubus call iwinfo scan {"device":X}` JSON.
+pub fn parse_ubus_scan(text: &str) -> Vec<Bss> {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let Some(list) = v.get("results").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|b| {
+            let mac = jstr(b, "bssid")?.to_ascii_lowercase();
+            let enc = b.get("encryption").cloned().unwrap_or(Value::Null);
+            let enabled = enc.get("enabled").and_then(Value::as_bool).unwrap_or(false);
+            let versions: Vec<u64> = enc
+                .get("wpa")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            let suites: BTreeSet<String> = enc
+                .get("authentication")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(suite_name).collect())
+                .unwrap_or_default();
+            let encryption = if !enabled {
+                "none".to_string()
+            } else if versions.is_empty() {
+                "WEP".to_string()
+            } else {
+                let protos: Vec<String> = versions
+                    .iter()
+                    .map(|n| {
+                        if *n == 1 {
+                            "WPA".into()
+                        } else {
+                            format!("WPA{n}")
+                        }
+                    })
+                    .collect();
+                let auth: Vec<&str> = suites.iter().map(String::as_str).collect();
+                if auth.is_empty() {
+                    protos.join("/")
+                } else {
+                    format!("{} {}", protos.join("/"), auth.join("/"))
+                }
+            };
+            let frequency = ju32(b, "mhz");
+            Some(Bss {
+                mac,
+                ssid: jstr(b, "ssid"),
+                channel: ju32(b, "channel").or_else(|| frequency.and_then(freq_to_channel)),
+                frequency,
+                signal: ji64(b, "signal"),
+                encryption,
+                last_seen: None,
+            })
+        })
+        .collect()
+}
+
+/// `ubus call iwinfo devices` JSON → interface names.
+pub fn parse_ubus_devices(text: &str) -> Vec<String> {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("devices").and_then(Value::as_array).cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn ubus_info(tools: &dyn Tools, iface: &str) -> Option<UbusInfo> {
+    let arg = json!({ "device": iface }).to_string();
+    parse_ubus_info(&tools.run("ubus", &["call", "iwinfo", "info", &arg], TOOL_TIMEOUT)?)
+}
