@@ -66,7 +66,7 @@ enum Attempt {
 }
 
 fn send(
-    agent: &ureq::Agent,
+    http: &crate::http::Client,
     api_url: &str,
     token: Option<&str>,
     id: &str,
@@ -81,14 +81,17 @@ fn send(
         Some(t) => crate::http::with_query(&base, &[("access_token", t)]),
         None => base,
     };
-    match agent
-        .request("PATCH", &url)
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string())
-    {
+    match http.send(
+        "PATCH",
+        &url,
+        "application/json",
+        body.to_string().as_bytes(),
+    ) {
         Ok(_) => Attempt::Done,
-        Err(ureq::Error::Status(code, _)) if (400..500).contains(&code) => Attempt::Refused(code),
-        Err(ureq::Error::Status(code, _)) => Attempt::Retry(format!("HTTP {code}")),
+        Err(crate::http::HttpError::Status { code, .. }) if (400..500).contains(&code) => {
+            Attempt::Refused(code)
+        }
+        // 5xx, a redirect not followed, no answer: kept and retried.
         Err(e) => Attempt::Retry(
             e.to_string()
                 .replace(url.as_str(), &crate::http::redact(&url)),
@@ -110,7 +113,7 @@ pub fn flush(cfg: &Config, http_timeout: Duration) -> bool {
         Err(_) => return true,
     };
     files.sort();
-    let http = crate::http::agent(cfg, http_timeout);
+    let http = crate::http::Client::new(cfg, http_timeout);
     for f in files {
         let doc = match crate::platform::fs::read_json(&f) {
             Ok(Some(d)) => d,
