@@ -83,6 +83,10 @@ pub struct Spec {
     env: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     streams: Streams,
+    /// Run as this uid, gid and supplementary groups instead of socketman's.
+    run_as: Option<(u32, u32, Vec<u32>)>,
+    /// Start from an empty environment (plus `PATH`, `HOME=/` and [`Spec::env`]).
+    clean_env: bool,
 }
 
 impl Spec {
@@ -94,6 +98,8 @@ impl Spec {
             env: Vec::new(),
             cwd: None,
             streams: Streams::Null,
+            run_as: None,
+            clean_env: false,
         }
     }
 
@@ -141,6 +147,20 @@ impl Spec {
         self
     }
 
+    /// Runs the child as `uid`/`gid` with the supplementary `groups` (socketman as root
+    /// drops to them before exec).
+    pub fn run_as(mut self, uid: u32, gid: u32, groups: Vec<u32>) -> Spec {
+        self.run_as = Some((uid, gid, groups));
+        self
+    }
+
+    /// Starts the child with a clean environment: `PATH` (the OpenWrt default), `HOME=/`
+    /// and what [`Spec::env`] sets; nothing of socketman's own.
+    pub fn clean_env(mut self) -> Spec {
+        self.clean_env = true;
+        self
+    }
+
     /// Where uncaptured stdout/stderr go (default [`Streams::Null`]).
     pub fn streams(mut self, s: Streams) -> Spec {
         self.streams = s;
@@ -153,6 +173,14 @@ impl Spec {
 
     fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
+        if self.clean_env {
+            c.env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", "/");
+        }
+        if let Some((uid, gid, groups)) = &self.run_as {
+            crate::platform::sys::run_as(&mut c, *uid, *gid, groups.clone());
+        }
         c.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -10,6 +10,7 @@ mod support;
 mod core;
 mod monitor;
 mod procs;
+mod security;
 mod smctl;
 mod stats;
 mod update;
