@@ -172,9 +172,8 @@ fn admit(w: &Watchdog, b: &Beat, from: SocketAddr) -> Result<Option<Sender>, Ref
         return Err(Refusal::Protected(p));
     }
     if crate::services::supervisor::heartbeats(&w.supervisor, &b.process_name) {
-        let svc = crate::services::supervisor::info(&w.supervisor, &b.process_name)
-            .and_then(|i| i.pid)
-
+        let svc =
+            crate::services::supervisor::info(&w.supervisor, &b.process_name).and_then(|i| i.pid);
         let in_group =
             |svc: i32| crate::services::procs::read_stat(b.pid).is_ok_and(|s| s.pgrp == svc);
         if !svc.is_some_and(|svc| svc == b.pid || in_group(svc)) {
