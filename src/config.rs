@@ -260,11 +260,50 @@ impl std::error::Error for ConfigError {}
 /// Reads and parses the file at `path`. Notes (warnings) are returned for the caller to log.
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+    let io = |msg: String| ConfigError::Io {
         file: file.clone(),
-        msg: e.to_string(),
-    })?;
+        msg,
+    };
+    let text = read_regular(path, MAX_CONFIG_BYTES).map_err(io)?;
     parse(&text, &file)
+}
+
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of `path` when it is a regular file of at most `max` bytes. Opened
+/// non-blocking, so a FIFO without a writer (or a device) is an error, not a hang.
+pub fn read_regular(path: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(format!("not a regular file ({what})"));
+    }
+    let mut text = String::new();
+    f.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(text)
 }
 
 /// Line and column (1-based) of the first `"key"` followed by `:` in `text`, or (0, 0).
@@ -740,6 +779,24 @@ fn parse_services(r: &Reader<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_a_directory_or_a_huge_file_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a FIFO)"), "{e}");
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        let big = d.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(load(&big).unwrap_err().to_string().contains("larger than"));
+    }
 
     const BASE: &str = r#""topic":"t","key":"k","mqtt_host":"localhost""#;
 

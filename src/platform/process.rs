@@ -224,6 +224,9 @@ pub struct RunOpts {
     pub grace: Duration,
     /// How long to wait for the output pipe to close after the child exited.
     pub drain: Duration,
+    /// KILL whatever is left of the child's process group once it exited (a check that
+    /// must leave nothing behind, e.g. `--version` of a downloaded binary).
+    pub no_leftovers: bool,
 }
 
 impl RunOpts {
@@ -234,7 +237,14 @@ impl RunOpts {
             timeout,
             grace: Duration::ZERO,
             drain: DRAIN_AFTER_EXIT,
+            no_leftovers: false,
         }
+    }
+
+    /// See [`RunOpts::no_leftovers`].
+    pub fn no_leftovers(mut self) -> RunOpts {
+        self.no_leftovers = true;
+        self
     }
 
     pub fn capture(mut self, c: Capture) -> RunOpts {
@@ -554,6 +564,10 @@ pub fn run(spec: &Spec, opts: &RunOpts, on_spawn: &dyn Fn(i32)) -> Result<Outcom
             st
         }
     };
+    if opts.no_leftovers && !timed_out {
+        // The group outlives its leader while a member runs, so its id is not reused yet.
+        let _ = sys::kill_group(pid, libc::SIGKILL);
+    }
 
     let (output, truncated) = match reader {
         None => (Vec::new(), false),
@@ -914,6 +928,21 @@ mod tests {
         assert!(o.duration < Duration::from_secs(30), "{:?}", o.duration);
         assert_eq!(o.code(), Some(0));
         assert!(!o.timed_out);
+    }
+
+    #[test]
+    fn no_leftovers_kills_the_rest_of_the_group() {
+        let o = run(
+            &sh("sleep 60 & echo $!"),
+            &combined(Duration::from_secs(120), 100)
+                .drain(Duration::from_millis(300))
+                .no_leftovers(),
+            &|_| {},
+        )
+        .unwrap();
+        let bg: i32 = o.output_lossy().trim().parse().unwrap();
+        assert_eq!(o.code(), Some(0));
+        assert!(wait_dead(bg), "the background child of the check is gone");
     }
 
     #[test]

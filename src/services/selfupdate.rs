@@ -245,7 +245,8 @@ pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, SelfUp
     // A background child of the new binary could keep the pipe open: read for 1 s at most.
     let opts = RunOpts::new(timeout)
         .capture(Capture::Combined { max: 64 * 1024 })
-        .drain(Duration::from_secs(1));
+        .drain(Duration::from_secs(1))
+        .no_leftovers();
     let mut tries = 0;
     let out = loop {
         match process::run(&spec, &opts, &|_| {}) {
