@@ -482,7 +482,7 @@ fn roll_back(control: &ControlSender, marker_file: &Path, mut m: Marker, why: St
     });
 }
 
-/// The job id of a pending update, for `Jobs::answer_unfinished` at start-up: that job is
+/// The job id of a pending update, for `Jobs::resume_unfinished` at start-up: that job is
 /// answered by [`on_start`], not as "interrupted".
 pub fn pending_job_id(state_dir: &Path) -> Option<String> {
     read_marker(&marker_path(state_dir)).map(|m| m.job_id)
