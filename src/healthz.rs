@@ -183,6 +183,17 @@ pub fn healthz(src: &Sources) -> Value {
         "cache".into(),
         json!({"records": c.records, "bytes": c.bytes, "dropped": c.dropped}),
     );
+    if cfg.rest {
+        let (queued, bytes) = crate::jobs::rest::queue_stats(&cfg.state_dir);
+        meta.insert(
+            "rest".into(),
+            json!({
+                "queued": queued,
+                "bytes": bytes,
+                "dropped": crate::jobs::rest::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+        );
+    }
     let (beats, malformed, refused) = src.heartbeats.counters();
     meta.insert(
         "watchdog".into(),
