@@ -205,3 +205,40 @@ fn heartbeats_and_jobs_naming_socketman_or_init_are_refused() {
     let _ = filler.kill();
     let _ = filler.wait();
 }
+
+#[test]
+fn a_job_id_with_a_newline_cannot_forge_a_log_line() {
+    let b = Broker::start();
+    let a = Agent::start(&b, |_| {});
+    let id = "x\n1700000000 ERROR forged line";
+    a.send_job(&json!({"id": id, "meta": {"msg": "true"}}));
+    let p = a.answer(id, T);
+    assert_eq!(p["meta"]["success"], true);
+    let log = a.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("1700000000 ERROR forged")),
+        "{log}"
+    );
+    assert!(
+        log.contains("job x\\n1700000000 ERROR forged line (cmd) accepted"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_fifo_as_config_is_an_error_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("config.json");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let start = std::time::Instant::now();
+    let arg = format!("--config={}", fifo.display());
+    let (code, _, err) = crate::support::run_bin(&[&arg, "--check-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}

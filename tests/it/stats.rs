@@ -720,3 +720,46 @@ fn stats_ram_cache_survives_a_reboot_through_state_dir() {
         "oldest first: {times:?}"
     );
 }
+
+#[test]
+fn stats_redirects_neither_crash_the_agent_nor_lose_records() {
+    // Issue 14: a 302 to file:///etc/shadow made ureq panic (the whole agent aborted every
+    // upload), and a 301 to another server turned the POST into a GET that was counted as
+    // sent. Now: neither is followed, records stay, jobs keep running; a 307 re-sends the
+    // same POST to the new place.
+    let b = Broker::start();
+    let other = Api::start(Some(200));
+    let srv = HttpServer::start(|_| Some((302, "file:///etc/shadow".into())));
+    let mut a = start(&b, &srv.url("/s"), |_| {});
+    let pid = a.pid();
+    wait_until(&a, "3 refused uploads", |_| srv.requests().len() >= 3);
+    assert_eq!(a.pid(), pid);
+    let p = a.run("alive", "echo still here");
+    assert_eq!(p["meta"]["msg"], "still here\n");
+    assert!(
+        a.log().contains("not followed: only http and https"),
+        "{}",
+        a.log()
+    );
+    let other_url = other.url();
+    srv.set_handler(move |_| Some((301, other_url.clone())));
+    let n = srv.requests().len();
+    wait_until(&a, "3 more refused uploads", |_| {
+        srv.requests().len() >= n + 3
+    });
+    assert!(
+        other.srv.requests().is_empty(),
+        "no GET to the other server"
+    );
+    assert!(spooled(&a) >= 3, "records stay cached");
+    // 307: the same POST, with its body, to the new place; then the backlog is delivered.
+    let other_url = other.url();
+    srv.set_handler(move |_| Some((307, other_url.clone())));
+    let during = cached_count(&a);
+    other.wait("backlog delivered through the 307", &a, |x| {
+        x.accepted().len() >= during
+    });
+    assert!(other.srv.requests().iter().all(|r| r.method == "POST"));
+    let (stored, accepted, left) = settle(&other, &mut a);
+    assert_eq!(stored, accepted + left, "{}", a.log());
+}
