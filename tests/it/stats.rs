@@ -221,7 +221,11 @@ fn stats_post_has_the_spec_shape() {
     let parts = wire::multipart_parts(ct, &r.body);
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0].name.as_deref(), Some("data"));
-    assert_eq!(parts[0].filename.as_deref(), Some("data.gz"));
+    assert_eq!(
+        parts[0].filename.as_deref(),
+        Some("archive.gz"),
+        "issue 16: the C agent's filename"
+    );
     assert_eq!(parts[0].content_type.as_deref(), Some("application/gzip"));
     let text = String::from_utf8(wire::gunzip(&parts[0].data)).unwrap();
     assert!(text.ends_with('\n'));
