@@ -635,7 +635,8 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
         health_port: r.int_in(&["health_port"], d.health_port as i64, 1, 65535)? as u16,
         insecure: r.boolean(&["insecure"], d.insecure)?,
         boot_url: r.opt_string(&["boot_url"])?,
-        boot_cmd: r.opt_string(&["boot_cmd"])?,
+        // `"0"` is how C-era config files say "no boot command" (the C agent skips it).
+        boot_cmd: r.opt_string(&["boot_cmd"])?.filter(|c| c.trim() != "0"),
         debug: r.boolean(&["debug"], d.debug)?,
         cache_dir: r
             .opt_string(&["cache_dir"])?
@@ -899,6 +900,30 @@ mod tests {
         assert_eq!(c.api_url.as_deref(), Some("http://api.example/v1"));
         assert_eq!(c.stats_url.as_deref(), Some("http://api.example/v1/s"));
         assert_eq!(c.token.as_deref(), Some("tok"));
+    }
+
+    /// Issue 16, item 2: where the C README and the C code disagree, the README wins, except
+    /// `boot_cmd: "0"`, which means "no command" (as the C code treats it).
+    #[test]
+    fn readme_defaults_where_c_code_disagrees() {
+        let c = ok("");
+        assert_eq!(c.ping_interval, 180, "README 180 (C code 30)");
+        assert_eq!(c.reboot, 600, "README 600 (C code 0)");
+        assert!(!c.survey, "README: survey off unless asked");
+        assert_eq!(ok(r#""sleep":120"#).heartbeat, 120, "C's `sleep` is read");
+        assert_eq!(
+            ok(r#""heartbeat":90,"sleep":120"#).heartbeat,
+            90,
+            "the README's `heartbeat` wins over `sleep`"
+        );
+        assert_eq!(ok(r#""boot_cmd":"0""#).boot_cmd, None);
+        assert_eq!(ok(r#""boot_cmd":" 0 ""#).boot_cmd, None);
+        assert_eq!(ok(r#""boot_cmd":"""#).boot_cmd, None);
+        assert_eq!(
+            ok(r#""boot_cmd":"/bin/true 0""#).boot_cmd.as_deref(),
+            Some("/bin/true 0")
+        );
+        assert_eq!(ok(r#""boot_cmd":"00""#).boot_cmd.as_deref(), Some("00"));
     }
 
     #[test]

@@ -17,12 +17,17 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("rest")
 }
 
-/// The PATCH body for a PROCESSED message.
+/// The PATCH body for a PROCESSED message: a superset of the C SocketMan's body.
+/// `success` and `msg` are the keys a C-era API reads (`msg` is the job's output, stdout
+/// then stderr, `""` when there was none); `output` carries the same text under the name the
+/// C README documents, and `exit_code`/`type` are socketman's additions.
 pub fn body(processed: &Value) -> Value {
     let m = &processed["meta"];
+    let text = m["msg"].as_str().unwrap_or_default();
     json!({
         "success": m["success"],
-        "output": m["msg"],
+        "msg": text,
+        "output": text,
         "exit_code": m["exit_code"],
         "type": m["type"],
     })
@@ -274,8 +279,16 @@ mod tests {
         let p = json!({"id":"x","meta":{"msg":"out","type":"cmd","success":true,"exit_code":0}});
         assert_eq!(
             body(&p),
-            json!({"success":true,"output":"out","exit_code":0,"type":"cmd"})
+            json!({"success":true,"msg":"out","output":"out","exit_code":0,"type":"cmd"})
         );
+        // No output at all: both keys are still there, as strings (a C-era API reads `msg`).
+        let p = json!({"id":"x","meta":{"type":"cmd","success":false,"exit_code":3}});
+        let b = body(&p);
+        assert_eq!(
+            (b["msg"].as_str(), b["output"].as_str()),
+            (Some(""), Some(""))
+        );
+        assert_eq!(b["success"], false);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Thread `stats-upload` ([`uploader`]): every `heartbeat` seconds, and at once when
 //! [`Stats::trigger`] is called (USR1, SPEC §10), it sends the spooled records oldest first in batches of ≤ 1 MiB before
 //! compression: `POST <stats_url>?access_token=<token>&mac=<MAC>`, `multipart/form-data` with
-//! one file field `data` (`data.gz`, `application/gzip`) holding the gzip of the NDJSON lines.
+//! one file field `data` (filename `archive.gz` as the C agent names it, `application/gzip`)
+//! holding the gzip of the NDJSON lines.
 //! - 2xx: the batch is deleted from the spool.
 //! - 401: the batch is kept, the cycle stops, and the hook set with
 //!   [`Stats::set_on_unauthorized`] is called; the agent installs re-provisioning there
@@ -245,7 +246,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// (content type, body) of a `multipart/form-data` request with one file field `data`
-/// (`data.gz`, `application/gzip`). The boundary is random and checked against the content.
+/// (filename `archive.gz`, the C agent's name, `application/gzip`). The boundary is random
+/// and checked against the content.
 pub fn multipart(gz: &[u8]) -> (String, Vec<u8>) {
     let boundary = loop {
         let b = format!(
@@ -260,7 +262,7 @@ pub fn multipart(gz: &[u8]) -> (String, Vec<u8>) {
     let mut body = Vec::with_capacity(gz.len() + 256);
     body.extend_from_slice(
         format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"data.gz\"\r\n\
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"archive.gz\"\r\n\
              Content-Type: application/gzip\r\n\r\n"
         )
         .as_bytes(),
@@ -575,7 +577,11 @@ mod tests {
         let parts = wire::multipart_parts(ct, &r.body);
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].name.as_deref(), Some("data"));
-        assert_eq!(parts[0].filename.as_deref(), Some("data.gz"));
+        assert_eq!(
+            parts[0].filename.as_deref(),
+            Some("archive.gz"),
+            "the C agent's filename"
+        );
         assert_eq!(parts[0].content_type.as_deref(), Some("application/gzip"));
         assert_eq!(seqs(&reqs), vec![0, 1, 2]);
         assert_eq!(stats.cache_stats().records, 0);
@@ -758,7 +764,7 @@ mod tests {
         let (ct, body) = multipart(&gz);
         let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
         let head = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"data.gz\"\r\nContent-Type: application/gzip\r\n\r\n"
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"archive.gz\"\r\nContent-Type: application/gzip\r\n\r\n"
         );
         assert!(body.starts_with(head.as_bytes()));
         assert!(body.ends_with(format!("\r\n--{boundary}--\r\n").as_bytes()));

@@ -423,10 +423,14 @@ fn rest_mode_patches_the_api_and_retries_while_it_is_down() {
     );
     assert_eq!(last.header("content-type"), Some("application/json"));
     let body: Value = serde_json::from_slice(&last.body).unwrap();
+    // Issue 16: a C-era API reads `success` and `msg`; `output` (the C README's name) carries
+    // the same text, `exit_code` and `type` are socketman's additions.
     assert_eq!(
         body,
-        json!({"success": true, "output": "via rest\n", "exit_code": 0, "type": "cmd"})
+        json!({"success": true, "msg": "via rest\n", "output": "via rest\n", "exit_code": 0, "type": "cmd"})
     );
+    assert!(body["success"].is_boolean() && body["msg"].is_string());
+    assert_eq!(body["msg"], body["output"]);
     std::thread::sleep(Duration::from_millis(1500));
     let n = api.requests().len();
     std::thread::sleep(Duration::from_millis(1500));
