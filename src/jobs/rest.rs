@@ -248,7 +248,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = |i: usize| json!({"id": format!("j{i}"), "meta": {"success": true, "msg": "x".repeat(100), "exit_code": 0, "type": "cmd"}});
         let before = DROPPED.load(std::sync::atomic::Ordering::Relaxed);
-        let one = json!({"id": "j00000", "body": body(&p(0))}).to_string().len() as u64;
+        let one = json!({"id": "j00000", "body": body(&p(0))})
+            .to_string()
+            .len() as u64;
         let (max, max_bytes) = (20, one * 22);
         for i in 0..max + 5 {
             enqueue_capped(d.path(), &format!("j{i:05}"), &p(i), (max, max_bytes)).unwrap();
