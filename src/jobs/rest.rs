@@ -8,7 +8,7 @@
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::runtime::Shutdown;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,20 +17,10 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("rest")
 }
 
-/// The PATCH body for a PROCESSED message: a superset of the C SocketMan's body.
-/// `success` and `msg` are the keys a C-era API reads (`msg` is the job's output, stdout
-/// then stderr, `""` when there was none); `output` carries the same text under the name the
-/// C README documents, and `exit_code`/`type` are socketman's additions.
+/// The PATCH body for a PROCESSED message ([`crate::proto::RestResult`], a superset of the
+/// C SocketMan's body).
 pub fn body(processed: &Value) -> Value {
-    let m = &processed["meta"];
-    let text = m["msg"].as_str().unwrap_or_default();
-    json!({
-        "success": m["success"],
-        "msg": text,
-        "output": text,
-        "exit_code": m["exit_code"],
-        "type": m["type"],
-    })
+    serde_json::to_value(crate::proto::RestResult::of(processed)).unwrap_or(Value::Null)
 }
 
 /// Most notifications waiting on flash; beyond it the oldest is dropped (logged, counted).
@@ -95,8 +85,12 @@ fn enqueue_capped(
     processed: &Value,
     (max_files, max_bytes): (usize, u64),
 ) -> std::io::Result<()> {
-    let doc = json!({"id": id, "body": body(processed)});
-    let size = doc.to_string().len() as u64;
+    let doc = serde_json::to_string(&crate::proto::RestNotification {
+        id: id.to_string(),
+        body: crate::proto::RestResult::of(processed),
+    })
+    .unwrap_or_default();
+    let size = doc.len() as u64;
     let files = queued(state_dir);
     let mut count = files.len();
     let mut bytes: u64 = files.iter().map(|(_, n)| n).sum();
@@ -116,10 +110,7 @@ fn enqueue_capped(
         count -= 1;
         bytes = bytes.saturating_sub(n);
     }
-    crate::platform::fs::write_atomic(
-        &dir(state_dir).join(file_name(id)),
-        doc.to_string().as_bytes(),
-    )
+    crate::platform::fs::write_atomic(&dir(state_dir).join(file_name(id)), doc.as_bytes())
 }
 
 /// Outcome of one attempt.
@@ -242,6 +233,7 @@ pub fn notifier(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_queue_on_flash_is_bounded_oldest_dropped_first() {
