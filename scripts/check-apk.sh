@@ -4,7 +4,7 @@
 #   scripts/check-apk.sh FILE EXPECTED_ARCH
 #
 # 1. Metadata (apk adbdump): name socketman, version N-rM, arch EXPECTED_ARCH, depends procd,
-#    license/url/maintainer/description/origin, the scripts post-install, post-upgrade and
+#    license, maintainer, description, origin, the scripts post-install, post-upgrade and
 #    pre-deinstall, and every file owned by root.
 # 2. `apk add --root R --initdb --allow-untrusted --no-network` into a root that holds only
 #    what a router has and apk needs: BusyBox (Debian's busybox-static: /bin/sh is ash), a
@@ -55,7 +55,7 @@ meta() { sed -n "s/^  $1: //p" "$W/dump" | head -n1; }
 VERSION=$(meta version)
 echo "$VERSION" | grep -Eq '^[0-9]+(\.[0-9]+)*-r[0-9]+$' || fail "version '$VERSION' is not PKG_VERSION-rN"
 [ "$(meta arch)" = "$ARCH" ] || fail "arch is '$(meta arch)', want '$ARCH'"
-for k in license url maintainer origin; do [ -n "$(meta $k)" ] || fail "no $k"; done
+for k in license maintainer origin; do [ -n "$(meta $k)" ] || fail "no $k"; done
 grep -q '^  description: ' "$W/dump" || fail "no description"
 grep -A2 '^  depends:' "$W/dump" | grep -qx '    - procd' || fail "depends lacks procd"
 for s in post-install post-upgrade pre-deinstall; do

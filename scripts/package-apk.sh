@@ -69,7 +69,7 @@ FILES=${SOCKETMAN_OPENWRT_FILES:-$ROOT/openwrt/files}
 EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}
 DEPENDS=${APK_DEPENDS:-procd}
 MAINTAINER=${APK_MAINTAINER:-socketman maintainers}
-URL=${APK_URL:-https://github.com/mylittletony/SocketMan}
+URL=${APK_URL:-}   # the project has no public home page yet (OpenWrt passes URL, empty when unset)
 DESCRIPTION="socketman connects an OpenWrt device to an MQTT broker and an HTTP API: it runs jobs sent over MQTT, collects and uploads device stats, recovers from network failures (network restart, then reboot) and supervises configured services."
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/socketman-apk.XXXXXX")
