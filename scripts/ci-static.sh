@@ -52,9 +52,9 @@ for t in $TARGETS; do
         s=$(date +%s)
         echo "=== BusyBox-only root $t"
         scripts/test-busybox-root.sh "$bin"
-        bb=$(( $(date +%s) - s ))
+        bb="$(( $(date +%s) - s ))s"
     fi
-    SUMMARY+=("$(printf '%-28s %9s bytes  build %4ss  roundtrip %3ss  ipk %8s bytes  apk %8s bytes (%ss)  busybox root %ss' \
+    SUMMARY+=("$(printf '%-28s %9s bytes  build %4ss  roundtrip %3ss  ipk %8s bytes  apk %8s bytes (%ss)  busybox root %s' \
         "$t" "$(stat -c %s "$bin")" "$b" "$r" "$(stat -c %s "$ipk")" "$(stat -c %s "$apk")" "$a" "$bb")")
 done
 
