@@ -8,8 +8,9 @@
 //! always after the clean stop of SPEC §10, which joins every thread it started.
 //!
 //! Threads: `signals`, `mqtt-link`, `mqtt-out`, `job-worker-N`, `rest-notify`,
-//! `stats-collect`, `stats-upload`, `monitor`, `supervisor`, `watchdog` (when on) and
-//! `selfupdate` (when an update is pending). Every wait in them ends on the stop token.
+//! `stats-collect`, `stats-upload`, `monitor`, `supervisor`, `watchdog` (when on),
+//! `selfupdate`, `firmware` and `configure` (when an update, a flash or a config change
+//! is pending). Every wait in them ends on the stop token.
 //!
 //! A panic anywhere is logged once and aborts the process ([`install_panic_hook`]), so that
 //! procd or systemd start a fresh one instead of leaving a live process with a dead thread.
@@ -173,6 +174,10 @@ struct Parts {
     link: Watch<bool>,
     started: Instant,
     control: crate::runtime::ControlSender,
+    outbox: Outbox,
+    shutdown: Shutdown,
+    /// Flushes the stats cache (before a reboot or a flash).
+    flush_stats: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Plugs the owning modules into the typed-job traits.
@@ -185,6 +190,20 @@ fn handlers(p: &Parts) -> Handlers {
         agent_update: Arc::new(crate::services::selfupdate::SelfUpdate {
             cfg: p.config.clone(),
             control: p.control.clone(),
+        }),
+        firmware: Arc::new(crate::services::firmware::FirmwareJob {
+            cfg: p.config.clone(),
+            outbox: p.outbox.clone(),
+            link: p.link.clone(),
+            shutdown: p.shutdown.clone(),
+            before_flash: p.flush_stats.clone(),
+        }),
+        agent_config: Arc::new(crate::services::configure::ConfigJob {
+            cfg: p.config.clone(),
+            link: p.link.clone(),
+            shutdown: p.shutdown.clone(),
+            control: p.control.clone(),
+            needs_restart,
         }),
         stats: Arc::new(crate::stats::StatsJob {
             ctx: p.stats_ctx.clone(),
@@ -340,6 +359,12 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         link: link_state.clone(),
         started,
         control: control_tx.clone(),
+        outbox: outbox.clone(),
+        shutdown: shutdown.clone(),
+        flush_stats: {
+            let (stats, cfg) = (stats.clone(), config.clone());
+            Arc::new(move || crate::stats::upload::flush(&stats, &cfg.get()))
+        },
     });
 
     // --- threads ---
@@ -353,10 +378,18 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         handlers,
     })
     .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
-    // Unfinished jobs: not started ones run, started ones are answered as interrupted. A
-    // pending self-update's job is answered by selfupdate::on_start instead.
-    let pending_update = crate::services::selfupdate::pending_job_id(&state_dir);
-    jobs.resume_unfinished(pending_update.as_deref());
+    // Unfinished jobs: not started ones run, started ones are answered as interrupted. The
+    // job of a pending self-update, firmware upgrade or config change is answered by the
+    // on_start of its module instead.
+    let owed: Vec<String> = [
+        crate::services::selfupdate::pending_job_id(&state_dir),
+        crate::services::firmware::pending_job_id(&state_dir),
+        crate::services::configure::pending_job_id(&state_dir),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    jobs.resume_unfinished(&owed);
     let mut link_threads = Threads::new();
     {
         let net = net.clone();
@@ -431,6 +464,27 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
             control: control_tx.clone(),
             started,
             deadline: timings.update_deadline,
+        },
+        &mut threads,
+    );
+    crate::services::firmware::on_start(
+        crate::services::firmware::OnStart {
+            cfg: config.clone(),
+            jobs: jobs.clone(),
+            link: link_state.clone(),
+            crash_after_answer: timings.crash_after_answer,
+        },
+        &mut threads,
+    );
+    crate::services::configure::on_start(
+        crate::services::configure::OnStart {
+            cfg: config.clone(),
+            jobs: jobs.clone(),
+            link: link_state.clone(),
+            shutdown: shutdown.clone(),
+            control: control_tx.clone(),
+            started,
+            crash_after_answer: timings.crash_after_answer,
         },
         &mut threads,
     );
@@ -599,6 +653,9 @@ mod tests {
             net,
             started: Instant::now(),
             control: tx,
+            outbox: outbox.clone(),
+            shutdown: shutdown.clone(),
+            flush_stats: Arc::new(|| {}),
         });
         let mut n = 0;
         for ty in all_types() {
@@ -609,7 +666,10 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!(n, 24, "the 24 typed jobs of SPEC §4.4");
+        assert_eq!(
+            n, 27,
+            "the 24 typed jobs of SPEC §4.4 and firmware.upgrade, agent.configure, agent.config"
+        );
         assert!(!is_typed("process.explode") && !is_typed("cmd"));
     }
 }

@@ -102,6 +102,8 @@ pub struct Config {
     pub dns_check: String,
     pub watchdog_port: u16,
     pub watchdog_timeout: u64,
+    /// The firmware flasher of `firmware.upgrade` (`sysupgrade` on OpenWrt when unset).
+    pub sysupgrade_cmd: Option<String>,
 }
 
 impl Default for Config {
@@ -168,6 +170,7 @@ impl Default for Config {
             dns_check: "openwrt.org".into(),
             watchdog_port: 4951,
             watchdog_timeout: 300,
+            sysupgrade_cmd: None,
         }
     }
 }
@@ -519,6 +522,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "dns_check",
     "watchdog_port",
     "watchdog_timeout",
+    "sysupgrade_cmd",
 ];
 
 /// Parses config text. `file` is only used in messages.
@@ -675,6 +679,7 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
         watchdog_port: r.int_in(&["watchdog_port"], d.watchdog_port as i64, 0, 65535)? as u16,
         watchdog_timeout: r.int_in(&["watchdog_timeout"], d.watchdog_timeout as i64, 1, 86_400)?
             as u64,
+        sysupgrade_cmd: r.opt_string(&["sysupgrade_cmd"])?,
     };
     Ok((cfg, r.notes))
 }

@@ -328,6 +328,10 @@ pub struct Timings {
     pub provision_retry: Duration,
     /// Whether the forced `reboot(2)` follows a `reboot_cmd` that did not reboot.
     pub force_reboot: bool,
+    /// Test builds: abort right after an answer owed across a restart (`firmware.upgrade`,
+    /// `agent.configure`) was acknowledged and before its marker is removed, to check that
+    /// the next start does not answer again. Always false on a device.
+    pub crash_after_answer: bool,
 }
 
 impl Default for Timings {
@@ -341,6 +345,7 @@ impl Default for Timings {
             network_recheck: Duration::from_secs(60),
             provision_retry: Duration::from_secs(15),
             force_reboot: true,
+            crash_after_answer: false,
         }
     }
 }
@@ -390,6 +395,7 @@ impl Timings {
             network_recheck: ms("SOCKETMAN_TEST_NETWORK_RECHECK_MS").unwrap_or(d.network_recheck),
             provision_retry: ms("SOCKETMAN_TEST_PROVISION_RETRY_MS").unwrap_or(d.provision_retry),
             force_reboot: var("SOCKETMAN_TEST_NO_FORCE_REBOOT").is_none(),
+            crash_after_answer: var("SOCKETMAN_TEST_CRASH_AFTER_ANSWER").is_some(),
         }
     }
 }

@@ -329,6 +329,26 @@ impl Jobs {
         self.send_result(id, processed, true);
     }
 
+    /// True when job `id` already has its PROCESSED stored (it was answered, possibly by an
+    /// earlier process: the seen-id journal survives restarts).
+    pub fn answered(&self, id: &str) -> bool {
+        matches!(lock(&self.seen).check(id), Seen::Duplicate(Some(_)))
+    }
+
+    /// [`Jobs::finish`], then waits until the outbox handed everything to the broker (QoS 1:
+    /// acknowledged) or `deadline` passes or `up()` turns false. True when acknowledged. For
+    /// answers owed across a restart: their marker is removed only after this.
+    pub fn finish_acked(
+        &self,
+        id: &str,
+        processed: &Value,
+        deadline: Instant,
+        up: impl Fn() -> bool,
+    ) -> bool {
+        self.finish(id, processed);
+        self.ctx.outbox.wait_drained(deadline, up)
+    }
+
     fn send_result(&self, id: &str, processed: &Value, log_errors: bool) {
         let ctx = &self.ctx;
         let cfg = ctx.cfg.get();
@@ -351,14 +371,12 @@ impl Jobs {
     /// Jobs accepted before a restart that never finished: those that had started are
     /// answered once as interrupted (with their type); those that had not are queued again,
     /// in their order, checked again as a new message would be (signature, `job_max_age`):
-    /// nothing of them ran, so they run now. `except`: answered elsewhere (a self-update).
-    pub fn resume_unfinished(&self, except: Option<&str>) {
+    /// nothing of them ran, so they run now. `except`: answered elsewhere (a self-update, a
+    /// firmware upgrade or a config change owed by this start).
+    pub fn resume_unfinished(&self, except: &[String]) {
         let pending = lock(&self.seen).unfinished();
         let cfg = self.ctx.cfg.get();
-        for (id, p) in pending
-            .into_iter()
-            .filter(|(i, _)| Some(i.as_str()) != except)
-        {
+        for (id, p) in pending.into_iter().filter(|(i, _)| !except.contains(i)) {
             let payload = match p.payload {
                 Some(payload) if !p.started => payload,
                 _ => {

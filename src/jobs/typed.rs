@@ -1,7 +1,8 @@
 //! Typed jobs (SPEC §4.4): `meta.type` with a dot, and the named built-ins. The job layer
 //! knows the names; the work is done behind the narrow traits of [`Handlers`], which the
 //! owning modules implement (`services::procs`, `services::daemons`, `services::supervisor`,
-//! `services::update`, `services::selfupdate`, `stats`, `healthz`) and `agent.rs` plugs in.
+//! `services::update`, `services::selfupdate`, `services::firmware`, `services::configure`,
+//! `stats`, `healthz`) and `agent.rs` plugs in.
 //! Nothing here names those modules.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,9 @@ pub const TYPES: &[&str] = &[
     "usage",
     "service.update",
     "agent.update",
+    "firmware.upgrade",
+    "agent.configure",
+    "agent.config",
 ];
 
 /// `process.*` ([`Processes`]).
@@ -136,6 +140,18 @@ pub trait AgentUpdate: Send + Sync {
     fn update(&self, job_id: &str, args: &Value) -> Result<Done, Failure>;
 }
 
+/// `firmware.upgrade`: flashes a firmware image (`services::firmware`).
+pub trait Firmware: Send + Sync {
+    fn upgrade(&self, job_id: &str, args: &Value) -> Result<Done, Failure>;
+}
+
+/// `agent.configure` (a new config file, confirmed by a broker connection) and
+/// `agent.config` (the effective config, secrets masked) (`services::configure`).
+pub trait AgentConfig: Send + Sync {
+    fn configure(&self, job_id: &str, args: &Value) -> Result<Done, Failure>;
+    fn config(&self) -> Value;
+}
+
 /// A fresh stats record (`stats`).
 pub trait StatsSource: Send + Sync {
     fn record(&self) -> Value;
@@ -154,6 +170,8 @@ pub struct Handlers {
     pub daemons: Arc<dyn Daemons>,
     pub services: Arc<dyn Services>,
     pub agent_update: Arc<dyn AgentUpdate>,
+    pub firmware: Arc<dyn Firmware>,
+    pub agent_config: Arc<dyn AgentConfig>,
     pub stats: Arc<dyn StatsSource>,
     pub health: Arc<dyn Health>,
 }
@@ -171,6 +189,9 @@ pub fn run_job(h: &Handlers, id: &str, ty: &str, args: &Value) -> Result<Done, F
         "usage" => r(h.health.usage()),
         "service.update" => h.services.update(args).map(Done::Result),
         "agent.update" => h.agent_update.update(id, args),
+        "firmware.upgrade" => h.firmware.upgrade(id, args),
+        "agent.configure" => h.agent_config.configure(id, args),
+        "agent.config" => Ok(Done::Result(h.agent_config.config())),
         t if PROCESS_TYPES.contains(&t) => r(h.processes.run(t, args)),
         t if DAEMON_TYPES.contains(&t) => r(h.daemons.run(t, args)),
         t if SERVICE_TYPES.contains(&t) => r(h.services.run(t, args)),

@@ -1,9 +1,45 @@
-//! Who this device is: MAC (SPEC §2 `mac`), machine type and firmware (SPEC §5).
-//! Every function takes the root of the file system so tests can point it at a fixture tree.
+//! Who this device is: MAC (SPEC §2 `mac`), machine type and firmware (SPEC §5), and the
+//! free RAM a firmware image must fit in.
+//! Every function takes the root of the file system so tests can point it at a fixture tree;
+//! [`root`] is the one the running agent uses.
 #![forbid(unsafe_code)]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The root the running agent reads its identity (machine type, firmware, RAM) and stats
+/// from: `/`. Test builds (`test-hooks`) take `SOCKETMAN_TEST_ROOT` instead when set, a
+/// fake device tree (`etc/openwrt_version`, `proc/meminfo`, …) that a stand-in
+/// `sysupgrade` can "flash"; a release build has no such override.
+pub fn root() -> PathBuf {
+    #[cfg(any(test, feature = "test-hooks"))]
+    if let Some(r) = std::env::var_os("SOCKETMAN_TEST_ROOT").filter(|r| !r.is_empty()) {
+        return PathBuf::from(r);
+    }
+    PathBuf::from("/")
+}
+
+/// True on OpenWrt (`/etc/openwrt_release` exists).
+pub fn is_openwrt(root: &Path) -> bool {
+    root.join("etc/openwrt_release").is_file()
+}
+
+/// RAM available for new data (an image in the tmpfs `/tmp`), in bytes, from
+/// `/proc/meminfo`: `MemAvailable`, or on kernels before 3.14 (no such line)
+/// `MemFree + Buffers + Cached`. `None` when unreadable.
+pub fn mem_available(root: &Path) -> Option<u64> {
+    let text = fs::read_to_string(root.join("proc/meminfo")).ok()?;
+    parse_mem_available(&text)
+}
+
+/// [`mem_available`] of a `/proc/meminfo` text.
+pub fn parse_mem_available(text: &str) -> Option<u64> {
+    use crate::platform::procfs::kb_value;
+    kb_value(text, "MemAvailable").or_else(|| {
+        let free = kb_value(text, "MemFree")?;
+        Some(free + kb_value(text, "Buffers").unwrap_or(0) + kb_value(text, "Cached").unwrap_or(0))
+    })
+}
 
 /// The MAC as configured; else the first line of `mac_file`; else the MAC of the
 /// default-route interface formatted `AA-BB-CC-DD-EE-FF`.
@@ -121,6 +157,22 @@ pub fn system_uptime() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mem_available_from_real_meminfo() {
+        let econet = include_str!("../../tests/fixtures/proc-meminfo-openwrt-econet-en7580.txt");
+        assert_eq!(parse_mem_available(econet), Some(160_248 * 1024));
+        // Linux 2.6: no MemAvailable line; MemFree + Buffers + Cached.
+        let old = include_str!("../../tests/fixtures/proc-meminfo-openwrt-wrt610n-2.6.txt");
+        assert_eq!(
+            parse_mem_available(old),
+            Some((54_104 + 944 + 3_304) * 1024)
+        );
+        assert_eq!(parse_mem_available("garbage"), None);
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(mem_available(d.path()), None);
+        assert!(!is_openwrt(d.path()));
+    }
 
     #[test]
     fn mac_formatting() {

@@ -1,6 +1,6 @@
 //! The events on `status/T/K/MAC` (SPEC §3, §6, §8): the [`Event`] envelope
 //! `{"app":"socketman","timestamp","event_type","meta"}` and the `meta` of each event —
-//! CONNECT, PING, SERVICE, HEARTBEAT_LOST, RECOVERY.
+//! CONNECT, PING, SERVICE, HEARTBEAT_LOST, RECOVERY, FIRMWARE.
 
 use super::{Wire, APP};
 use serde::de::DeserializeOwned;
@@ -183,6 +183,24 @@ impl RecoveryMeta {
     }
 }
 
+/// FIRMWARE (`firmware.upgrade`): `{"state":"flashing","job_id","version","previous"}`,
+/// published right before `sysupgrade` writes the image (the device reboots next; the job's
+/// PROCESSED comes from the next start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareMeta {
+    pub job_id: String,
+    /// The firmware running now, as the stats record reports it.
+    pub previous: String,
+    /// `flashing`.
+    pub state: String,
+    /// The firmware asked for.
+    pub version: String,
+}
+
+impl EventMeta for FirmwareMeta {
+    const EVENT_TYPE: &'static str = "FIRMWARE";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +312,22 @@ mod tests {
             event(
                 "SERVICE",
                 json!({"name": name, "status": "running", "pid": pid, "exit_code": exit_code}),
+            ),
+        );
+    }
+
+    #[test]
+    fn firmware_event() {
+        check(
+            &at(Event::new(FirmwareMeta {
+                job_id: "fw-1".into(),
+                previous: "r9544-457de5a".into(),
+                state: "flashing".into(),
+                version: "r23633-c7b6cfac40".into(),
+            })),
+            event(
+                "FIRMWARE",
+                json!({"state": "flashing", "job_id": "fw-1", "version": "r23633-c7b6cfac40", "previous": "r9544-457de5a"}),
             ),
         );
     }

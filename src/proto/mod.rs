@@ -27,8 +27,8 @@ pub use answer::{
 };
 pub use error::{ErrorCode, JobError};
 pub use event::{
-    Connect, ConnectMeta, Event, EventMeta, HeartbeatLostMeta, Ping, PingMeta, RecoveryMeta,
-    ServiceMeta,
+    Connect, ConnectMeta, Event, EventMeta, FirmwareMeta, HeartbeatLostMeta, Ping, PingMeta,
+    RecoveryMeta, ServiceMeta,
 };
 pub use incoming::Incoming;
 pub use job::{Job, JobMeta, Signed};

@@ -100,10 +100,10 @@ pub fn collect_with(
 
 /// `--collect-once`: one record of this device as one JSON line (no network, no spool).
 pub fn collect_once(cfg: &Config) -> String {
-    let root = Path::new("/");
-    let mac = crate::platform::identity::discover_mac(cfg.mac.as_deref(), &cfg.mac_file, root)
+    let root = crate::platform::identity::root();
+    let mac = crate::platform::identity::discover_mac(cfg.mac.as_deref(), &cfg.mac_file, &root)
         .unwrap_or_default();
-    collect(cfg, &mac, &NetStatus::default(), 0, root).to_string()
+    collect(cfg, &mac, &NetStatus::default(), 0, &root).to_string()
 }
 
 /// The `stats` job (SPEC §4.4): a fresh record (not spooled). `dropped` is what the spool
@@ -114,7 +114,7 @@ pub fn job_record(ctx: &StatsCtx, net: &Watch<NetStatus>) -> Value {
         &ctx.mac,
         &net.get(),
         ctx.stats.dropped(),
-        Path::new("/"),
+        &crate::platform::identity::root(),
     )
 }
 
@@ -126,7 +126,13 @@ pub fn collector(ctx: StatsCtx, net: Watch<NetStatus>) -> impl FnOnce() + Send +
         loop {
             let cfg = ctx.cfg();
             let dropped = ctx.stats.dropped();
-            let record = collect(&cfg, &ctx.mac, &net.get(), dropped, Path::new("/"));
+            let record = collect(
+                &cfg,
+                &ctx.mac,
+                &net.get(),
+                dropped,
+                &crate::platform::identity::root(),
+            );
             crate::stats::upload::store(&ctx, &cfg, record, dropped);
             if ctx.shutdown.wait_timeout(ctx.timings.monitor_period(&cfg)) {
                 break;
