@@ -7,7 +7,9 @@ mod http;
 mod stats_wire;
 mod support;
 
+mod configure;
 mod core;
+mod firmware;
 mod monitor;
 mod procs;
 mod security;

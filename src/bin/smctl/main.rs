@@ -2,7 +2,8 @@
 //! thread, one synchronous Paho `Client` (clean session, client id `smctl-<pid>-<n>`):
 //! `send` (shell job, exit with the remote exit code), `op` (typed job, pretty result),
 //! `watch` (stream status/delivery/pub), `devices` (retained CONNECTs), `fleet` (fan-out with
-//! a summary). Broker, topic, key, MAC and `job_secret` come from socketman's own config file
+//! a summary), `firmware` and `configure` (jobs answered after the device's reboot or
+//! restart, with progress). Broker, topic, key, MAC and `job_secret` come from socketman's own config file
 //! (`--config`, read with `socketman::config::load`) and/or flags; jobs are signed as SPEC §4.3
 //! when a `job_secret` is known. Shares nothing with the agent at run time; the payload shapes
 //! and topic names come from the library: jobs are built and answers read as the types of
@@ -11,12 +12,13 @@
 //!
 //! This file owns the command line: options, usage text, which options each command takes,
 //! dispatch to the commands, and the exit codes. The commands live in [`send`] (`send`, `op`),
-//! [`watch`], [`devices`] and [`fleet`]; [`conn`] is the broker connection and the target.
+//! [`watch`], [`devices`], [`fleet`] and [`lifecycle`] (`firmware`, `configure`); [`conn`] is the broker connection and the target.
 #![forbid(unsafe_code)]
 
 mod conn;
 mod devices;
 mod fleet;
+mod lifecycle;
 mod send;
 mod watch;
 
@@ -53,6 +55,13 @@ Commands:
   fleet (--macs FILE | --all-online) [--timeout S] [--show-output] [--json] -- COMMAND…
         run one shell command on many devices; live progress on stderr (when a terminal),
         then a summary: ok / failed / rejected / no answer, time to results, slowest device
+  firmware [--mac M] --url U --sha256 H --version V [--no-keep-settings] [--timeout S]
+        flash a firmware image (firmware.upgrade) and wait for the answer the device sends
+        after its reboot (default 900 s); progress on stderr
+  configure [--mac M] --set KEY=VALUE… [--replace] [--confirm S] [--timeout S]
+        change the device's config (agent.configure; VALUE is JSON when it reads as JSON,
+        null removes a key); waits until the new config reached the broker (--confirm,
+        default 120 s) or was rolled back; prints the new config, secrets masked
 
 Broker options (flags override the config file):
   -c, --config FILE   socketman config file: mqtt_host, port, tls, cacrt, username, password,
@@ -67,7 +76,7 @@ Broker options (flags override the config file):
 
 Exit codes:
   send: the remote exit code (0-255); 124 the job timed out on the device
-  op: 0 success, 1 the job failed (success:false, its error on stderr)
+  op, firmware, configure: 0 success, 1 the job failed (success:false, its error on stderr)
   fleet: 0 all ok, 1 some failed or were rejected, 75 some did not answer
   all: 64 usage or config error, 69 broker unreachable, 75 no answer within --timeout,
        76 job REJECTED by the device (its error on stderr)
@@ -118,6 +127,13 @@ pub fn options() -> Options {
     o.optopt("", "macs", "fleet: file of MACs", "FILE");
     o.optflag("", "all-online", "fleet: every online device");
     o.optflag("", "show-output", "fleet: print each device's output");
+    o.optopt("", "url", "firmware: image URL", "U");
+    o.optopt("", "sha256", "firmware: image sha256", "H");
+    o.optopt("", "version", "firmware: version the image carries", "V");
+    o.optflag("", "no-keep-settings", "firmware: sysupgrade -n");
+    o.optmulti("", "set", "configure: KEY=VALUE", "KEY=VALUE");
+    o.optflag("", "replace", "configure: replace the whole config");
+    o.optopt("", "confirm", "configure: seconds to reach the broker", "S");
     o.optflag("h", "help", "help");
     o
 }
@@ -130,6 +146,15 @@ fn allowed(cmd: &str) -> &'static [&'static str] {
         "watch" => &["mac", "json", "count", "for"],
         "devices" => &["json", "wait"],
         "fleet" => &["macs", "all-online", "timeout", "show-output", "json"],
+        "firmware" => &[
+            "mac",
+            "url",
+            "sha256",
+            "version",
+            "no-keep-settings",
+            "timeout",
+        ],
+        "configure" => &["mac", "set", "replace", "confirm", "timeout"],
         _ => &[],
     }
 }
@@ -145,6 +170,13 @@ const COMMAND_OPTIONS: &[&str] = &[
     "macs",
     "all-online",
     "show-output",
+    "url",
+    "sha256",
+    "version",
+    "no-keep-settings",
+    "set",
+    "replace",
+    "confirm",
 ];
 
 fn run(args: &[String]) -> Result<i32, Fail> {
@@ -154,7 +186,9 @@ fn run(args: &[String]) -> Result<i32, Fail> {
         return Ok(0);
     }
     let Some(cmd) = m.free.first().cloned() else {
-        return Err(usage("no command given (send, op, watch, devices, fleet)"));
+        return Err(usage(
+            "no command given (send, op, watch, devices, fleet, firmware, configure)",
+        ));
     };
     if allowed(&cmd).is_empty() {
         return Err(usage(format!("unknown command '{cmd}'")));
@@ -171,6 +205,8 @@ fn run(args: &[String]) -> Result<i32, Fail> {
         "op" => send::cmd_op(&target, &m, words),
         "watch" => watch::cmd_watch(&target, &m, words),
         "devices" => devices::cmd_devices(&target, &m, words),
+        "firmware" => lifecycle::cmd_firmware(&target, &m, words),
+        "configure" => lifecycle::cmd_configure(&target, &m, words),
         _ => fleet::cmd_fleet(&target, &m, words),
     }
 }
