@@ -75,9 +75,8 @@ fi
 [ "$1" = -n ] && shift
 [ -f "$1" ] || {{ echo "no image $1"; exit 1; }}
 [ -f {dir}/flash-to ] && cp {dir}/flash-to {root}/etc/openwrt_version
-# The reboot: everything is killed.
+# The reboot: everything is killed (this script too, by its end).
 kill -9 "$(cat {dir}/agent.pid)"
-sleep 30
 "#,
         dir = dir.display(),
         root = r.display(),
@@ -402,4 +401,62 @@ fn firmware_refused_without_ram_while_pending_and_off_openwrt() {
         p["meta"]["error"],
         "unsupported: no sysupgrade_cmd on this device (not OpenWrt)"
     );
+}
+
+#[test]
+fn smctl_firmware_waits_across_the_reboot() {
+    let b = Broker::start();
+    let mut a = agent(&b, MEM_BIG, Some(NEW), false);
+    let (_srv, url, sum) = serve(image(new_version()));
+    let mut args = crate::smctl::to(&a);
+    args.extend(
+        [
+            "firmware",
+            "--mac",
+            &a.mac,
+            "--url",
+            &url,
+            "--sha256",
+            &sum,
+            "--version",
+            new_version(),
+            "--timeout",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let t0 = Instant::now();
+    let cli = std::thread::spawn(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::smctl::smctl(&refs)
+    });
+    wait_dead(&mut a);
+    // Offline (the last will) before the boot, as after a real reboot.
+    a.wait_msg(
+        Topic::Status,
+        |v| v["event_type"] == "CONNECT" && v["meta"]["online"] == "0",
+        T,
+    );
+    boot(&mut a);
+    let (code, out, err) = cli.join().unwrap();
+    eprintln!(
+        "timeline: smctl firmware ended {:.1} s after the job",
+        t0.elapsed().as_secs_f32()
+    );
+    assert_eq!(code, 0, "{out}\n{err}\n{}", a.log());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"version": new_version(), "previous": old_version()})
+    );
+    for step in [
+        "delivered",
+        "firmware flashing",
+        "offline",
+        "back online",
+        "answered after",
+    ] {
+        assert!(err.contains(step), "{step:?} in progress:\n{err}");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Runs smctl with `args` to completion: (exit code, stdout, stderr). Bounded by the smctl
 /// `--timeout`s given in the tests; a hung smctl is killed after 60 s.
-fn smctl(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn smctl(args: &[&str]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_smctl"))
         .args(args)
         .stdin(Stdio::null())
@@ -38,7 +38,7 @@ fn smctl(args: &[&str]) -> (i32, String, String) {
 }
 
 /// The broker options that reach `a`'s device.
-fn to(a: &Agent) -> Vec<String> {
+pub(crate) fn to(a: &Agent) -> Vec<String> {
     vec![
         "--host".into(),
         "127.0.0.1".into(),
