@@ -30,6 +30,14 @@ pub fn agent(cfg: &Config, timeout: Duration) -> ureq::Agent {
             Err(e) => log::warn!("cacrt {path}: {e}; HTTPS uses the system store"),
         }
     }
+    if let Some(crt) = &cfg.client_crt {
+        match client_identity(cfg, crt) {
+            Ok(id) => {
+                tls.identity(id);
+            }
+            Err(e) => log::error!("HTTPS client certificate {crt}: {e}; sending none"),
+        }
+    }
     let mut b = ureq::AgentBuilder::new()
         .timeout(timeout)
         .timeout_connect(timeout.min(Duration::from_secs(10)))
@@ -38,7 +46,31 @@ pub fn agent(cfg: &Config, timeout: Duration) -> ureq::Agent {
         Ok(c) => b = b.tls_connector(Arc::new(c)),
         Err(e) => log::error!("TLS setup for HTTPS failed: {e}"),
     }
+    if let Some(p) = cfg.effective_proxy() {
+        match ureq::Proxy::new(&p) {
+            Ok(proxy) => b = b.proxy(proxy),
+            Err(e) => log::error!(
+                "proxy {}: {e}; HTTP goes direct",
+                crate::config::mask_url_credentials(&p)
+            ),
+        }
+    }
     b.build()
+}
+
+/// The `client_crt`/`client_key` pair (the key decrypted with `client_key_password`) as a
+/// native-tls identity: PEM chain plus the key in PKCS#8, the form native-tls takes.
+fn client_identity(cfg: &Config, crt: &str) -> Result<native_tls::Identity, String> {
+    let chain = std::fs::read(crt).map_err(|e| e.to_string())?;
+    let key_pem = match &cfg.client_key {
+        Some(k) => std::fs::read(k).map_err(|e| format!("client_key {k}: {e}"))?,
+        None => chain.clone(),
+    };
+    let pass = cfg.client_key_password.as_deref().unwrap_or("");
+    let key = openssl::pkey::PKey::private_key_from_pem_passphrase(&key_pem, pass.as_bytes())
+        .and_then(|k| k.private_key_to_pem_pkcs8())
+        .map_err(|e| format!("cannot load the key: {e}"))?;
+    native_tls::Identity::from_pkcs8(&chain, &key).map_err(|e| e.to_string())
 }
 
 /// Appends `key=value` pairs (URL-encoded) to `url`.
