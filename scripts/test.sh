@@ -21,6 +21,8 @@ have cc || need+=(build-essential)
 have file || need+=(file)
 have strings || need+=(binutils)
 have python3 || need+=(python3)
+# WebSocket endpoint of the issue-15 tests (Debian's mosquitto has no websockets listener).
+{ [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import websockify' 2>/dev/null; } || need+=(websockify)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   $SUDO apt-get update -qq

@@ -660,9 +660,15 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
     let client_key = r.opt_string(&["client_key"])?;
     let client_key_password = r.string(&["client_key_password"])?;
     if client_key.is_some() && client_crt.is_none() {
-        return Err(r.err("client_key", "needs client_crt (the certificate of the key)"));
+        return Err(r.err(
+            "client_key",
+            "needs client_crt (the certificate of the key)",
+        ));
     }
-    if client_key_password.as_deref().is_some_and(|p| p.contains('\0')) {
+    if client_key_password
+        .as_deref()
+        .is_some_and(|p| p.contains('\0'))
+    {
         return Err(r.err("client_key_password", "must not contain a NUL character"));
     }
     for (name, v) in [("topic", &topic), ("key", &key)] {
@@ -961,7 +967,11 @@ pub fn check_tls_files(cfg: &mut Config, file: &str) -> Result<Vec<String>, Conf
             }
         }
     }
-    let hex: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     cfg.tls_files_stamp = Some(hex);
     Ok(notes)
 }

@@ -174,7 +174,8 @@ pub fn transport_options(
         if let Some(crt) = &cfg.client_crt {
             ssl.key_store(crt).map_err(|e| bad("client_crt", crt, e))?;
             if let Some(key) = &cfg.client_key {
-                ssl.private_key(key).map_err(|e| bad("client_key", key, e))?;
+                ssl.private_key(key)
+                    .map_err(|e| bad("client_key", key, e))?;
             }
             if let Some(pw) = &cfg.client_key_password {
                 ssl.private_key_password(pw.as_str());

@@ -321,7 +321,11 @@ mod tests {
         // Control characters grow sixfold when escaped: the cut is on the escaped size.
         let big = answer(&"\u{1}é".repeat(3000), None);
         let f = fit(big, 2000).unwrap();
-        assert!(f.payload.len() <= 2000 && f.payload.len() > 1900, "{}", f.payload.len());
+        assert!(
+            f.payload.len() <= 2000 && f.payload.len() > 1900,
+            "{}",
+            f.payload.len()
+        );
         let v: Value = serde_json::from_slice(&f.payload).unwrap();
         assert_eq!(v["meta"]["truncated"], true);
         assert_eq!(v["id"], "j1");
@@ -344,7 +348,10 @@ mod tests {
         let s = without_result(&answer("a", Some(json!([1, 2])))).unwrap();
         let v: Value = serde_json::from_slice(&s.payload).unwrap();
         assert!(v["meta"].get("result").is_none());
-        assert_eq!((v["meta"]["truncated"].clone(), v["meta"]["msg"].clone()), (json!(true), json!("a")));
+        assert_eq!(
+            (v["meta"]["truncated"].clone(), v["meta"]["msg"].clone()),
+            (json!(true), json!("a"))
+        );
     }
 
     #[test]
