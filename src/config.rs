@@ -1356,6 +1356,51 @@ mod tests {
     }
 
     #[test]
+    fn broker_keys() {
+        let c = ok("");
+        assert_eq!(c.mqtt_hosts, vec!["localhost".to_string()]);
+        assert_eq!((c.transport, c.ws_path.as_str()), (Transport::Tcp, "/mqtt"));
+        assert_eq!(c.mqtt_max_payload, 128 << 10);
+        let text = r#"{"topic":"t","key":"k","mqtt_host":["a.example:1884","[::1]:1999","b"],"port":1000,"transport":"ws","ws_path":"/x","alpn":["mqtt"],"proxy":"http://u:p@px:3128","mqtt_max_payload":10}"#;
+        let (c, n) = parse(text, "f").unwrap();
+        assert_eq!(c.mqtt_host, "a.example:1884");
+        assert_eq!(
+            c.brokers(),
+            vec![
+                ("a.example".to_string(), 1884),
+                ("::1".to_string(), 1999),
+                ("b".to_string(), 1000)
+            ]
+        );
+        assert_eq!(c.transport, Transport::Ws);
+        assert_eq!(c.alpn, vec!["mqtt".to_string()]);
+        assert_eq!(c.mqtt_max_payload, 1024);
+        assert!(n[0].contains("mqtt_max_payload"));
+        assert_eq!(c.masked_json()["proxy"], "http://u:***@px:3128");
+        assert!(err(r#""transport":"quic""#).contains("transport"));
+        assert!(err(r#""ws_path":"mqtt""#).contains("ws_path"));
+        assert!(err(r#""proxy":"socks5://h:1""#).contains("proxy"));
+        assert!(err(r#""proxy":"http://h""#).contains("port"));
+        assert!(err(r#""client_key":"/k""#).contains("client_crt"));
+        assert!(err(r#""alpn":[""]"#).contains("alpn"));
+        let e = parse(r#"{"topic":"t","key":"k","mqtt_host":"wss://h/mqtt"}"#, "f").unwrap_err();
+        assert!(e.to_string().contains("\"transport\": \"ws\""), "{e}");
+        let e = parse(r#"{"topic":"t","key":"k","mqtt_host":"h/mqtt"}"#, "f").unwrap_err();
+        assert!(e.to_string().contains("ws_path"), "{e}");
+        assert!(parse(r#"{"topic":"t","key":"k","mqtt_host":[]}"#, "f").is_err());
+        assert!(split_host_port("h:0").is_err() && split_host_port("h:x").is_err());
+        let c = ok(r#""client_crt":"/c","client_key_password":"pw""#);
+        assert_eq!(c.masked_json()["client_key_password"], "***");
+    }
+
+    #[test]
+    fn output_limit_leaves_room_under_mqtt_max_payload() {
+        assert_eq!(ok("").output_limit(), 51200);
+        assert_eq!(ok(r#""mqtt_max_payload":4096"#).output_limit(), 3072);
+        assert_eq!(ok(r#""job_output_max":100"#).output_limit(), 100);
+    }
+
+    #[test]
     fn client_id_strips_separators() {
         assert_eq!(Config::client_id("88-DC-96-00-11-22"), "sm-88DC96001122");
         assert_eq!(Config::client_id("88:dc:96:00:11:22"), "sm-88dc96001122");

@@ -552,6 +552,21 @@ mod tests {
             ..cfg
         };
         assert_eq!(server_uri(&v6), "tcp://[::1]:1883");
+        let ws = Config {
+            mqtt_hosts: vec!["a:9001".into(), "b".into()],
+            transport: Transport::Ws,
+            ws_path: "/mqtt".into(),
+            tls: true,
+            port: 443,
+            ..v6
+        };
+        assert_eq!(
+            server_uris(&ws),
+            vec![
+                "wss://a:9001/mqtt".to_string(),
+                "wss://b:443/mqtt".to_string()
+            ]
+        );
     }
 
     #[test]
