@@ -645,7 +645,8 @@ fn measure_transports() {
     let ws = WsBridge::start(b.port, None);
     let wss = WsBridge::start(b.port, Some(&ca));
     let proxy = Proxy::start(vec![]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit<'a> = Box<dyn Fn(&mut Value) + 'a>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("tcp", Box::new(|_| {})),
         ("tls", Box::new(|c| tls_config(c, tls_port, &ca.ca))),
         (
