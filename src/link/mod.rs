@@ -159,7 +159,15 @@ pub fn transport_options(
     cfg: &Config,
     b: &mut mqtt::ConnectOptionsBuilder,
 ) -> Result<(), LinkError> {
-    b.server_uris(&server_uris(cfg));
+    let uris = server_uris(cfg);
+    if uris.len() > 1 {
+        b.server_uris(&uris);
+        if !cfg.tls {
+            // Paho C prints "checking URI" to stdout for a URI list without SSL options
+            // (MQTTAsync.c); empty options silence it and are not used on tcp:// or ws://.
+            b.ssl_options(mqtt::SslOptionsBuilder::new().finalize());
+        }
+    }
     if cfg.tls {
         let mut ssl = mqtt::SslOptionsBuilder::new();
         ssl.enable_server_cert_auth(true).verify(true);
@@ -314,10 +322,17 @@ impl Link {
                 .wait_for(Duration::from_secs(30))
             {
                 Ok(rsp) => {
+                    // Paho names the server without its scheme when there is only one.
+                    let uris = server_uris(&cfg);
                     let uri = rsp
                         .connect_response()
                         .map(|c| c.server_uri)
                         .filter(|u| !u.is_empty())
+                        .and_then(|u| {
+                            uris.iter()
+                                .find(|k| **k == u || k.split_once("://").map(|x| x.1) == Some(&u))
+                                .cloned()
+                        })
                         .unwrap_or_else(|| server_uri(&cfg));
                     if failures > 0 {
                         log::info!("MQTT connected to {uri} after {failures} failed attempts");
