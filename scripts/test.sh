@@ -23,6 +23,16 @@ have strings || need+=(binutils)
 have python3 || need+=(python3)
 # WebSocket endpoint of the issue-15 tests (Debian's mosquitto has no websockets listener).
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import websockify' 2>/dev/null; } || need+=(websockify)
+# OpenWrt 25.12 .apk (apk-tools 3 built from the vendored source: scripts/apk-tool.sh) and the
+# BusyBox-only root test (scripts/test-busybox-root.sh).
+{ have apk && apk --version 2>/dev/null | grep -q '^apk-tools 3\.'; } || {
+  have meson || need+=(meson)
+  have ninja || need+=(ninja-build)
+  { have pkg-config && pkg-config --exists zlib; } || need+=(zlib1g-dev)
+}
+{ have busybox && file -b "$(command -v busybox)" 2>/dev/null | grep -q static; } || need+=(busybox-static)
+have unshare || need+=(util-linux)
+have ps || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   $SUDO apt-get update -qq

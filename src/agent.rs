@@ -369,9 +369,10 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         handlers,
     })
     .map_err(|e| Fatal::Other(format!("cannot start job workers: {e}")))?;
-    // A pending self-update's job is answered by selfupdate::on_start, not as interrupted.
+    // Unfinished jobs: not started ones run, started ones are answered as interrupted. A
+    // pending self-update's job is answered by selfupdate::on_start instead.
     let pending_update = crate::services::selfupdate::pending_job_id(&state_dir);
-    jobs.answer_unfinished(pending_update.as_deref());
+    jobs.resume_unfinished(pending_update.as_deref());
     let mut link_threads = Threads::new();
     {
         let net = net.clone();

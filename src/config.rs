@@ -344,13 +344,52 @@ impl std::error::Error for ConfigError {}
 /// Reads and parses the file at `path`. Notes (warnings) are returned for the caller to log.
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+    let io = |msg: String| ConfigError::Io {
         file: file.clone(),
-        msg: e.to_string(),
-    })?;
+        msg,
+    };
+    let text = read_regular(path, MAX_CONFIG_BYTES).map_err(io)?;
     let (mut cfg, mut notes) = parse(&text, &file)?;
     notes.extend(check_tls_files(&mut cfg, &file)?);
     Ok((cfg, notes))
+}
+
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of `path` when it is a regular file of at most `max` bytes. Opened
+/// non-blocking, so a FIFO without a writer (or a device) is an error, not a hang.
+pub fn read_regular(path: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(format!("not a regular file ({what})"));
+    }
+    let mut text = String::new();
+    f.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(text)
 }
 
 /// Line and column (1-based) of the first `"key"` followed by `:` in `text`, or (0, 0).
@@ -747,7 +786,8 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
         health_port: r.int_in(&["health_port"], d.health_port as i64, 1, 65535)? as u16,
         insecure: r.boolean(&["insecure"], d.insecure)?,
         boot_url: r.opt_string(&["boot_url"])?,
-        boot_cmd: r.opt_string(&["boot_cmd"])?,
+        // `"0"` is how C-era config files say "no boot command" (the C agent skips it).
+        boot_cmd: r.opt_string(&["boot_cmd"])?.filter(|c| c.trim() != "0"),
         debug: r.boolean(&["debug"], d.debug)?,
         cache_dir: r
             .opt_string(&["cache_dir"])?
@@ -1078,6 +1118,24 @@ fn parse_services(r: &Reader<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_fifo_a_directory_or_a_huge_file_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a FIFO)"), "{e}");
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        let big = d.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(load(&big).unwrap_err().to_string().contains("larger than"));
+    }
+
     const BASE: &str = r#""topic":"t","key":"k","mqtt_host":"localhost""#;
 
     fn with(extra: &str) -> Result<(Config, Vec<String>), ConfigError> {
@@ -1179,6 +1237,30 @@ mod tests {
         assert_eq!(c.api_url.as_deref(), Some("http://api.example/v1"));
         assert_eq!(c.stats_url.as_deref(), Some("http://api.example/v1/s"));
         assert_eq!(c.token.as_deref(), Some("tok"));
+    }
+
+    /// Issue 16, item 2: where the C README and the C code disagree, the README wins, except
+    /// `boot_cmd: "0"`, which means "no command" (as the C code treats it).
+    #[test]
+    fn readme_defaults_where_c_code_disagrees() {
+        let c = ok("");
+        assert_eq!(c.ping_interval, 180, "README 180 (C code 30)");
+        assert_eq!(c.reboot, 600, "README 600 (C code 0)");
+        assert!(!c.survey, "README: survey off unless asked");
+        assert_eq!(ok(r#""sleep":120"#).heartbeat, 120, "C's `sleep` is read");
+        assert_eq!(
+            ok(r#""heartbeat":90,"sleep":120"#).heartbeat,
+            90,
+            "the README's `heartbeat` wins over `sleep`"
+        );
+        assert_eq!(ok(r#""boot_cmd":"0""#).boot_cmd, None);
+        assert_eq!(ok(r#""boot_cmd":" 0 ""#).boot_cmd, None);
+        assert_eq!(ok(r#""boot_cmd":"""#).boot_cmd, None);
+        assert_eq!(
+            ok(r#""boot_cmd":"/bin/true 0""#).boot_cmd.as_deref(),
+            Some("/bin/true 0")
+        );
+        assert_eq!(ok(r#""boot_cmd":"00""#).boot_cmd.as_deref(), Some("00"));
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub trait ServicesView: Send + Sync {
 /// The watchdog's heartbeat table.
 pub trait HeartbeatsView: Send + Sync {
     fn heartbeat_entries(&self) -> Vec<Value>;
-    /// (datagrams accepted, malformed datagrams dropped).
-    fn counters(&self) -> (usize, usize);
+    /// (beats accepted, malformed datagrams dropped, well-formed beats refused).
+    fn counters(&self) -> (usize, usize, usize);
 }
 
 /// The system's daemons (`daemon.list`).
@@ -185,13 +185,25 @@ pub fn healthz(src: &Sources) -> Value {
         "cache".into(),
         json!({"records": c.records, "bytes": c.bytes, "dropped": c.dropped}),
     );
-    let (beats, malformed) = src.heartbeats.counters();
+    if cfg.rest {
+        let (queued, bytes) = crate::jobs::rest::queue_stats(&cfg.state_dir);
+        meta.insert(
+            "rest".into(),
+            json!({
+                "queued": queued,
+                "bytes": bytes,
+                "dropped": crate::jobs::rest::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+        );
+    }
+    let (beats, malformed, refused) = src.heartbeats.counters();
     meta.insert(
         "watchdog".into(),
         json!({
             "port": (cfg.watchdog_port != 0).then_some(cfg.watchdog_port),
             "beats": beats,
             "malformed": malformed,
+            "refused": refused,
         }),
     );
     json!({"data": data, "meta": meta})

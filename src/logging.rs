@@ -35,7 +35,7 @@ impl Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let msg = r.args().to_string();
+        let msg = one_line(r.args().to_string());
         match &self.sink {
             Sink::Stderr => {
                 let ts = crate::proto::now();
@@ -55,6 +55,24 @@ impl Log for Logger {
     }
 
     fn flush(&self) {}
+}
+
+/// `msg` with every control character escaped (`\n` → `\\n`): a job id, a heartbeat name or
+/// an HTTP reason phrase from outside can never start a forged log line.
+pub fn one_line(msg: String) -> String {
+    if msg.chars().any(char::is_control) {
+        msg.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        msg
+    }
 }
 
 /// True when `DEBUG` asks for stderr logging.
@@ -97,4 +115,15 @@ pub fn set_level(debug_level: bool) {
     } else {
         LevelFilter::Info
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn outside_strings_cannot_forge_lines() {
+        assert_eq!(super::one_line("job a accepted".into()), "job a accepted");
+        let l = super::one_line("job x\n1700000000 ERROR forged\r\u{1b}[2J accepted".into());
+        assert!(!l.contains(['\n', '\r', '\u{1b}']), "{l}");
+        assert!(l.contains("x\\n1700000000 ERROR forged"), "{l}");
+    }
 }

@@ -90,14 +90,16 @@ impl fmt::Display for FetchError {
 /// One provisioning request: the config and the body it was parsed from, or why not.
 /// Nothing is written here.
 fn fetch(
-    http: &ureq::Agent,
+    http: &crate::http::Client,
     url: &str,
     config_path: &Path,
 ) -> Result<(Config, String), FetchError> {
     let shown = crate::http::redact(url);
-    let resp = match http.get(url).call() {
+    let resp = match http.get(url) {
         Ok(r) => r,
-        Err(ureq::Error::Status(code, _)) => return Err(FetchError::Status { url: shown, code }),
+        Err(crate::http::HttpError::Status { code, .. }) => {
+            return Err(FetchError::Status { url: shown, code })
+        }
         Err(e) => {
             return Err(FetchError::Transport {
                 url: shown,
@@ -162,7 +164,7 @@ fn provision_every(
     period: Duration,
     stop: &Shutdown,
 ) -> Result<Config, ProvisionError> {
-    let http = crate::http::agent(&Config::default(), crate::http::API_TIMEOUT);
+    let http = crate::http::Client::new(&Config::default(), crate::http::API_TIMEOUT);
     let url = request_url(init_url, mac, machine, firmware);
     let mut attempt: u64 = 0;
     loop {
@@ -214,7 +216,7 @@ pub fn reprovision(
         &crate::platform::identity::machine_type(root),
         &crate::platform::identity::firmware(root),
     );
-    let http = crate::http::agent(current, http_timeout);
+    let http = crate::http::Client::new(current, http_timeout);
     match fetch(&http, &url, config_path) {
         Ok((cfg, body)) => {
             if let Err(e) = save(config_path, &body) {
@@ -246,12 +248,9 @@ pub fn boot(cfg: &Config, mac: &str) {
             ],
         );
         let shown = crate::http::redact(&url);
-        let http = crate::http::agent(cfg, crate::http::API_TIMEOUT);
-        match http.get(&url).call() {
+        let http = crate::http::Client::new(cfg, crate::http::API_TIMEOUT);
+        match http.get(&url) {
             Ok(r) => log::info!("boot_url {shown}: HTTP {}", r.status()),
-            Err(ureq::Error::Status(code, _)) => {
-                log::warn!("boot_url {shown}: HTTP {code} (ignored)")
-            }
             Err(e) => log::warn!("boot_url {shown}: {e} (ignored)"),
         }
     }

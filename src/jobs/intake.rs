@@ -285,17 +285,18 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
                 ))
             }
             Some(t) => {
-                let age = now as i64 - t;
+                // Saturating: a timestamp of i64::MIN or -1e308 is "very old", not wrapped.
+                let age = (now as i64).saturating_sub(t);
                 if age > cfg.job_max_age as i64 {
                     return Err(reject(
                         ErrorCode::Expired,
                         format!("job is {age} s old, over job_max_age {} s", cfg.job_max_age),
                     ));
                 }
-                if -age > cfg.job_max_age as i64 {
+                if age.saturating_neg() > cfg.job_max_age as i64 {
                     return Err(reject(
                         ErrorCode::Expired,
-                        format!("timestamp is {} s in the future", -age),
+                        format!("timestamp is {} s in the future", age.saturating_neg()),
                     ));
                 }
             }
@@ -544,6 +545,20 @@ mod tests {
                 .code,
             "expired"
         );
+        // Extreme timestamps are old or in the future, never wrapped around.
+        let mut c = cfg();
+        c.job_max_age = 600;
+        for (ts, text) in [
+            ("-9223372036854775808", "s old"),
+            ("-1e308", "s old"),
+            ("9223372036854775807", "in the future"),
+            ("1e308", "in the future"),
+        ] {
+            let j = format!(r#"{{"id":"x","timestamp":{ts},"meta":{{"msg":"true"}}}}"#);
+            let r = parse(j.as_bytes(), &c, now).unwrap_err();
+            assert_eq!(r.code, "expired", "{ts}");
+            assert!(r.detail.contains(text), "{ts}: {}", r.detail);
+        }
         assert_eq!(
             sign("key", "The quick brown fox jumps over the lazy dog"),
             "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"

@@ -161,7 +161,7 @@ impl Jobs {
             );
             return;
         }
-        lock(&self.seen).insert(&job.id);
+        lock(&self.seen).insert(&job.id, &job.ty, payload);
         ctx.outbox.publish(
             Topic::Delivery,
             &Delivered::new(&job.id, false).to_value(),
@@ -206,6 +206,9 @@ impl Jobs {
                 continue;
             }
             self.active.fetch_add(1, Ordering::SeqCst);
+            // On disk before anything runs: after a crash from here on, the job is answered
+            // as interrupted; before it, it runs after the restart.
+            lock(&self.seen).started(&job.id);
             let processed = if job.kind() == Kind::Network {
                 let _alone = match self.gate.write() {
                     Ok(g) => g,
@@ -345,19 +348,70 @@ impl Jobs {
         }
     }
 
-    /// Answers jobs that were accepted before a restart and never finished, once.
-    pub fn answer_unfinished(&self, except: Option<&str>) {
-        let ids = lock(&self.seen).unfinished();
-        for id in ids.into_iter().filter(|i| Some(i.as_str()) != except) {
-            log::warn!(
-                "job {id} was interrupted by a restart of socketman; answering it as failed"
-            );
-            let p = processed_error(
-                &id,
-                "unknown",
-                "interrupted: socketman stopped while the job ran",
-            );
-            self.finish(&id, &p);
+    /// Jobs accepted before a restart that never finished: those that had started are
+    /// answered once as interrupted (with their type); those that had not are queued again,
+    /// in their order, checked again as a new message would be (signature, `job_max_age`):
+    /// nothing of them ran, so they run now. `except`: answered elsewhere (a self-update).
+    pub fn resume_unfinished(&self, except: Option<&str>) {
+        let pending = lock(&self.seen).unfinished();
+        let cfg = self.ctx.cfg.get();
+        for (id, p) in pending
+            .into_iter()
+            .filter(|(i, _)| Some(i.as_str()) != except)
+        {
+            let payload = match p.payload {
+                Some(payload) if !p.started => payload,
+                _ => {
+                    log::warn!(
+                        "job {id} ({}) was interrupted by a restart of socketman; answering it \
+                         as failed",
+                        p.ty
+                    );
+                    let e = processed_error(
+                        &id,
+                        &p.ty,
+                        "interrupted: socketman stopped while the job ran",
+                    );
+                    self.finish(&id, &e);
+                    continue;
+                }
+            };
+            match intake::parse(payload.as_bytes(), &cfg, now()) {
+                Ok(job) if job.id == id => {
+                    log::info!(
+                        "job {id} ({}) was accepted but had not started when socketman \
+                         stopped; running it now",
+                        job.ty
+                    );
+                    self.queued.fetch_add(1, Ordering::SeqCst);
+                    let sent = lock(&self.tx)
+                        .as_ref()
+                        .map(|tx| tx.send(job).is_ok())
+                        .unwrap_or(false);
+                    if !sent {
+                        self.queued.fetch_sub(1, Ordering::SeqCst);
+                        let e = processed_error(&id, &p.ty, "cancelled: socketman is stopping");
+                        self.finish(&id, &e);
+                    }
+                }
+                Ok(_) => {
+                    let e = processed_error(&id, &p.ty, "not run after the restart: id changed");
+                    self.finish(&id, &e);
+                }
+                Err(r) => {
+                    log::warn!(
+                        "job {id} had not started when socketman stopped and is no longer \
+                         valid: {}",
+                        r.message()
+                    );
+                    let e = processed_error(
+                        &id,
+                        &p.ty,
+                        &format!("not run after the restart: {}", r.message()),
+                    );
+                    self.finish(&id, &e);
+                }
+            }
         }
     }
 

@@ -32,10 +32,22 @@ pub enum Seen {
     Duplicate(Option<Value>),
 }
 
+/// A job accepted and not finished (SPEC §4.2; issue 14: jobs not started when socketman
+/// stopped run after the restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// Its type (`cmd` for shell jobs), for the answer if it is interrupted.
+    pub ty: String,
+    /// The message as received, until it starts (`None` once started, or from an older
+    /// journal that did not keep it).
+    pub payload: Option<String>,
+    pub started: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Entry {
     /// Accepted, not finished.
-    Pending,
+    Pending(Pending),
     /// Finished; the PROCESSED and its size, while within the budget.
     Done(Option<(Value, usize)>),
 }
@@ -46,6 +58,19 @@ pub struct SeenStore {
     entries: HashMap<String, Entry>,
     result_bytes: usize,
     journal_bytes: u64,
+}
+
+/// A [`Pending`] from a journal line or snapshot entry (`{"id","type","job","started"}`;
+/// an older store wrote only the id: type unknown, not re-runnable).
+fn pending_of(v: &Value) -> Pending {
+    let started = v["started"] == true;
+    Pending {
+        ty: v["type"].as_str().unwrap_or("unknown").to_string(),
+        payload: (!started)
+            .then(|| v["job"].as_str().map(str::to_string))
+            .flatten(),
+        started,
+    }
 }
 
 impl SeenStore {
@@ -68,15 +93,15 @@ impl SeenStore {
                     .flatten()
                     .filter_map(Value::as_str)
                 {
+                    let pending = v["pending"]
+                        .as_array()
+                        .and_then(|p| p.iter().find(|x| *x == id || x["id"] == id));
                     match v["results"].get(id).filter(|r| !r.is_null()) {
                         Some(r) => s.apply_result(id, r.clone()),
-                        None if v["pending"]
-                            .as_array()
-                            .is_some_and(|p| p.iter().any(|x| x == id)) =>
-                        {
-                            s.apply_insert(id)
-                        }
-                        None => s.apply_done_unknown(id),
+                        None => match pending {
+                            Some(p) => s.apply_insert(id, pending_of(p)),
+                            None => s.apply_done_unknown(id),
+                        },
                     }
                 }
             }
@@ -98,7 +123,8 @@ impl SeenStore {
                     let Some(id) = v["id"].as_str() else { continue };
                     match v.get("result") {
                         Some(r) => s.apply_result(id, r.clone()),
-                        None => s.apply_insert(id),
+                        None if v["started"] == true => s.apply_started(id),
+                        None => s.apply_insert(id, pending_of(&v)),
                     }
                 }
             }
@@ -113,7 +139,7 @@ impl SeenStore {
     pub fn check(&self, id: &str) -> Seen {
         match self.entries.get(id) {
             None => Seen::New,
-            Some(Entry::Pending) | Some(Entry::Done(None)) => Seen::Duplicate(None),
+            Some(Entry::Pending(_)) | Some(Entry::Done(None)) => Seen::Duplicate(None),
             Some(Entry::Done(Some((r, _)))) => Seen::Duplicate(Some(r.clone())),
         }
     }
@@ -129,10 +155,17 @@ impl SeenStore {
         }
     }
 
-    fn apply_insert(&mut self, id: &str) {
+    fn apply_insert(&mut self, id: &str, p: Pending) {
         if !self.entries.contains_key(id) {
-            self.entries.insert(id.to_string(), Entry::Pending);
+            self.entries.insert(id.to_string(), Entry::Pending(p));
             self.push_id(id);
+        }
+    }
+
+    fn apply_started(&mut self, id: &str) {
+        if let Some(Entry::Pending(p)) = self.entries.get_mut(id) {
+            p.started = true;
+            p.payload = None;
         }
     }
 
@@ -171,13 +204,22 @@ impl SeenStore {
         }
     }
 
-    /// Records a newly accepted id (no result yet).
-    pub fn insert(&mut self, id: &str) {
+    /// Records a newly accepted job (no result yet) of type `ty`, with the message as
+    /// received so that it can run after a crash if it had not started.
+    pub fn insert(&mut self, id: &str, ty: &str, payload: &[u8]) {
         if self.entries.contains_key(id) {
             return;
         }
-        self.apply_insert(id);
-        self.log(&json!({ "id": id }));
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        self.log(&json!({ "id": id, "type": ty, "job": payload }));
+        self.apply_insert(
+            id,
+            Pending {
+                ty: ty.to_string(),
+                payload: Some(payload),
+                started: false,
+            },
+        );
     }
 
     /// Forgets an id (a job accepted and then not run).
@@ -197,13 +239,29 @@ impl SeenStore {
         self.log(&json!({"id": id, "result": processed}));
     }
 
-    /// Ids accepted earlier whose job never finished (the agent stopped while it ran).
-    pub fn unfinished(&self) -> Vec<String> {
+    /// Jobs accepted earlier that never finished (the agent stopped before or while they
+    /// ran), oldest first.
+    pub fn unfinished(&self) -> Vec<(String, Pending)> {
         self.order
             .iter()
-            .filter(|id| matches!(self.entries.get(*id), Some(Entry::Pending)))
-            .cloned()
+            .filter_map(|id| match self.entries.get(id) {
+                Some(Entry::Pending(p)) => Some((id.clone(), p.clone())),
+                _ => None,
+            })
             .collect()
+    }
+
+    /// Records that the job `id` starts now (before its process is spawned), so that after
+    /// a crash it is answered as interrupted rather than run a second time.
+    pub fn started(&mut self, id: &str) {
+        if let Some(Entry::Pending(p)) = self.entries.get_mut(id) {
+            if p.started {
+                return;
+            }
+            p.started = true;
+            p.payload = None;
+            self.log(&json!({"id": id, "started": true}));
+        }
     }
 
     /// Bytes of PROCESSED messages held (bounded by [`MAX_RESULT_BYTES`]).
@@ -248,7 +306,9 @@ impl SeenStore {
                 Some(Entry::Done(Some((r, _)))) => {
                     results.insert(id.clone(), r.clone());
                 }
-                Some(Entry::Pending) => pending.push(id.clone()),
+                Some(Entry::Pending(p)) => pending.push(json!({
+                    "id": id, "type": p.ty, "job": p.payload, "started": p.started,
+                })),
                 _ => {}
             }
         }
@@ -267,25 +327,76 @@ impl SeenStore {
 mod tests {
     use super::*;
 
+    fn ids(v: Vec<(String, Pending)>) -> Vec<String> {
+        v.into_iter().map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn unstarted_jobs_keep_their_message_started_ones_only_their_type() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("seen.json");
+        let mut s = SeenStore::open(Some(p.clone()));
+        s.insert("a", "cmd", br#"{"id":"a","meta":{"msg":"true"}}"#);
+        s.insert(
+            "b",
+            "process.list",
+            br#"{"id":"b","meta":{"type":"process.list"}}"#,
+        );
+        s.insert("c", "cmd", b"{}");
+        s.started("a");
+        s.set_result("c", &json!({"id": "c"}));
+        for round in 0..2 {
+            let mut s2 = SeenStore::open(Some(p.clone()));
+            let u = s2.unfinished();
+            assert_eq!(ids(u.clone()), vec!["a", "b"], "round {round}");
+            assert_eq!(
+                u[0].1,
+                Pending {
+                    ty: "cmd".into(),
+                    payload: None,
+                    started: true
+                }
+            );
+            assert_eq!(u[1].1.ty, "process.list");
+            assert!(!u[1].1.started);
+            assert_eq!(
+                u[1].1.payload.as_deref(),
+                Some(r#"{"id":"b","meta":{"type":"process.list"}}"#)
+            );
+            // The same state from a snapshot as from the journal.
+            s2.snapshot();
+        }
+        // An older journal line (id only): type unknown, not re-runnable.
+        std::fs::write(p.with_extension("log"), "{\"id\":\"old\"}\n").unwrap();
+        let s3 = SeenStore::open(Some(p));
+        let old = s3
+            .unfinished()
+            .into_iter()
+            .find(|(i, _)| i == "old")
+            .unwrap();
+        assert_eq!(old.1.ty, "unknown");
+        assert_eq!(old.1.payload, None);
+    }
+
     #[test]
     fn remembers_across_reopen_and_bounds() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("seen.json");
         let mut s = SeenStore::open(Some(p.clone()));
         assert_eq!(s.check("a"), Seen::New);
-        s.insert("a");
+        s.insert("a", "cmd", b"{}");
         assert_eq!(s.check("a"), Seen::Duplicate(None));
         s.set_result("a", &json!({"id": "a", "event_type": "PROCESSED"}));
-        s.insert("b");
+        s.insert("b", "cmd", b"{}");
         let s2 = SeenStore::open(Some(p.clone()));
         assert_eq!(
             s2.check("a"),
             Seen::Duplicate(Some(json!({"id": "a", "event_type": "PROCESSED"})))
         );
-        assert_eq!(s2.unfinished(), vec!["b".to_string()]);
+        assert_eq!(ids(s2.unfinished()), vec!["b".to_string()]);
         let mut s3 = SeenStore::open(Some(p.clone()));
         for i in 0..(MAX_IDS + 5) {
-            s3.insert(&format!("x{i}"));
+            s3.insert(&format!("x{i}"), "cmd", b"{}");
         }
         assert_eq!(s3.order.len(), MAX_IDS);
         assert_eq!(s3.check("a"), Seen::New, "oldest forgotten");
@@ -327,13 +438,13 @@ mod tests {
         let mut s = SeenStore::open(Some(p.clone()));
         let out = "y".repeat(20 * 1024);
         for i in 0..80 {
-            s.insert(&format!("k{i}"));
+            s.insert(&format!("k{i}"), "cmd", b"{}");
             s.set_result(&format!("k{i}"), &json!({ "msg": out }));
         }
         assert!(p.exists(), "journal folded into a snapshot");
         let journal = p.with_extension("log");
         assert!(std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0) <= JOURNAL_MAX);
-        s.insert("last");
+        s.insert("last", "cmd", b"{}");
         let mut f = OpenOptions::new().append(true).open(&journal).unwrap();
         f.write_all(b"{\"id\":\"torn\",\"res").unwrap();
         let s2 = SeenStore::open(Some(p));

@@ -73,10 +73,20 @@ impl Outbox {
                 if let Some(pos) = q.items.iter().position(|m| m.topic == Topic::Status) {
                     q.items.remove(pos);
                     q.dropped_events += 1;
-                    log::warn!(
-                        "broker unreachable: oldest queued status event dropped ({} so far)",
-                        q.dropped_events
-                    );
+                    // The queue fills while the broker is unreachable, or while events
+                    // come faster than they are published: say which, and only sparingly.
+                    let n = q.dropped_events;
+                    if n <= 10 || n.is_multiple_of(1000) {
+                        log::warn!(
+                            "status event queue full ({MAX_QUEUED_EVENTS} waiting, {}): oldest \
+                             event dropped ({n} so far)",
+                            if q.in_flight {
+                                "publishing"
+                            } else {
+                                "not being published: broker unreachable?"
+                            }
+                        );
+                    }
                 }
             }
         }

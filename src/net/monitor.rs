@@ -20,7 +20,7 @@ use crate::link::outbox::Outbox;
 use crate::net::recovery::{self, Action, Recovery};
 use crate::net::{NetStatus, RecoveryPause};
 use crate::runtime::{ConfigHandle, Shutdown, Timings, Watch};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -271,9 +271,16 @@ fn reboot_sequence(m: &Monitor, cfg: &Config, offline_s: u64) {
         "offline for {offline_s} s: rebooting with reboot_cmd {:?}",
         cfg.reboot_cmd
     );
-    let marker = json!({"reason": "offline", "offline_s": offline_s, "at": crate::proto::now()});
+    // The marker is the RECOVERY meta the next start publishes.
+    let marker = crate::proto::RecoveryMeta {
+        at: Some(crate::proto::now()),
+        offline_s: Some(offline_s),
+        reason: Some("offline".into()),
+        state: "rebooted".into(),
+    };
     let path = marker_path(cfg);
-    if let Err(e) = crate::platform::fs::write_atomic(&path, marker.to_string().as_bytes()) {
+    let bytes = serde_json::to_vec(&marker).unwrap_or_default();
+    if let Err(e) = crate::platform::fs::write_atomic(&path, &bytes) {
         log::error!("reboot marker {}: {e}", path.display());
     }
     (m.before_reboot)();
@@ -320,20 +327,36 @@ pub fn publish_reboot_marker(cfg: &Config, outbox: &Outbox) -> Option<Value> {
 /// is not a JSON object (torn by a crash that `write_atomic` should prevent) still yields
 /// `{"state":"rebooted"}` so that the reboot is not lost.
 fn reboot_marker_meta(path: &Path) -> Option<Value> {
-    let mut meta = serde_json::Map::new();
-    match crate::platform::fs::read_json(path) {
+    let rebooted = crate::proto::RecoveryMeta {
+        at: None,
+        offline_s: None,
+        reason: None,
+        state: "rebooted".into(),
+    };
+    let meta = match crate::platform::fs::read_json(path) {
         Ok(None) => return None,
-        Ok(Some(Value::Object(fields))) => meta.extend(fields),
-        Ok(Some(other)) => log::warn!("reboot marker {}: not an object: {other}", path.display()),
-        Err(e) => log::warn!("reboot marker {}: {e}", path.display()),
-    }
-    meta.insert("state".into(), Value::String("rebooted".into()));
-    Some(Value::Object(meta))
+        Ok(Some(v)) => match serde_json::from_value::<crate::proto::RecoveryMeta>(v) {
+            Ok(m) => crate::proto::RecoveryMeta {
+                state: "rebooted".into(),
+                ..m
+            },
+            Err(e) => {
+                log::warn!("reboot marker {}: {e}", path.display());
+                rebooted
+            }
+        },
+        Err(e) => {
+            log::warn!("reboot marker {}: {e}", path.display());
+            rebooted
+        }
+    };
+    serde_json::to_value(meta).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::net::TcpListener;
 
     const ROUTE: &str =

@@ -83,6 +83,10 @@ pub struct Spec {
     env: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     streams: Streams,
+    /// Run as this uid, gid and supplementary groups instead of socketman's.
+    run_as: Option<(u32, u32, Vec<u32>)>,
+    /// Start from an empty environment (plus `PATH`, `HOME=/` and [`Spec::env`]).
+    clean_env: bool,
 }
 
 impl Spec {
@@ -94,6 +98,8 @@ impl Spec {
             env: Vec::new(),
             cwd: None,
             streams: Streams::Null,
+            run_as: None,
+            clean_env: false,
         }
     }
 
@@ -141,6 +147,20 @@ impl Spec {
         self
     }
 
+    /// Runs the child as `uid`/`gid` with the supplementary `groups` (socketman as root
+    /// drops to them before exec).
+    pub fn run_as(mut self, uid: u32, gid: u32, groups: Vec<u32>) -> Spec {
+        self.run_as = Some((uid, gid, groups));
+        self
+    }
+
+    /// Starts the child with a clean environment: `PATH` (the OpenWrt default), `HOME=/`
+    /// and what [`Spec::env`] sets; nothing of socketman's own.
+    pub fn clean_env(mut self) -> Spec {
+        self.clean_env = true;
+        self
+    }
+
     /// Where uncaptured stdout/stderr go (default [`Streams::Null`]).
     pub fn streams(mut self, s: Streams) -> Spec {
         self.streams = s;
@@ -153,6 +173,14 @@ impl Spec {
 
     fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
+        if self.clean_env {
+            c.env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", "/");
+        }
+        if let Some((uid, gid, groups)) = &self.run_as {
+            crate::platform::sys::run_as(&mut c, *uid, *gid, groups.clone());
+        }
         c.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -196,6 +224,9 @@ pub struct RunOpts {
     pub grace: Duration,
     /// How long to wait for the output pipe to close after the child exited.
     pub drain: Duration,
+    /// KILL whatever is left of the child's process group once it exited (a check that
+    /// must leave nothing behind, e.g. `--version` of a downloaded binary).
+    pub no_leftovers: bool,
 }
 
 impl RunOpts {
@@ -206,7 +237,14 @@ impl RunOpts {
             timeout,
             grace: Duration::ZERO,
             drain: DRAIN_AFTER_EXIT,
+            no_leftovers: false,
         }
+    }
+
+    /// See [`RunOpts::no_leftovers`].
+    pub fn no_leftovers(mut self) -> RunOpts {
+        self.no_leftovers = true;
+        self
     }
 
     pub fn capture(mut self, c: Capture) -> RunOpts {
@@ -526,6 +564,10 @@ pub fn run(spec: &Spec, opts: &RunOpts, on_spawn: &dyn Fn(i32)) -> Result<Outcom
             st
         }
     };
+    if opts.no_leftovers && !timed_out {
+        // The group outlives its leader while a member runs, so its id is not reused yet.
+        let _ = sys::kill_group(pid, libc::SIGKILL);
+    }
 
     let (output, truncated) = match reader {
         None => (Vec::new(), false),
@@ -886,6 +928,21 @@ mod tests {
         assert!(o.duration < Duration::from_secs(30), "{:?}", o.duration);
         assert_eq!(o.code(), Some(0));
         assert!(!o.timed_out);
+    }
+
+    #[test]
+    fn no_leftovers_kills_the_rest_of_the_group() {
+        let o = run(
+            &sh("sleep 60 & echo $!"),
+            &combined(Duration::from_secs(120), 100)
+                .drain(Duration::from_millis(300))
+                .no_leftovers(),
+            &|_| {},
+        )
+        .unwrap();
+        let bg: i32 = o.output_lossy().trim().parse().unwrap();
+        assert_eq!(o.code(), Some(0));
+        assert!(wait_dead(bg), "the background child of the check is gone");
     }
 
     #[test]

@@ -19,6 +19,39 @@ pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
     }
 }
 
+/// socketman's process group id.
+pub fn own_pgrp() -> i32 {
+    // SAFETY: getpgrp takes no arguments and cannot fail.
+    unsafe { libc::getpgrp() }
+}
+
+/// Makes `cmd`'s child drop to `uid`, `gid` and the supplementary `groups` before exec (in
+/// that order: groups and gid while it still may). Only socketman as root can change them;
+/// when socketman is not root and `uid`/`gid` are its own, nothing changes (any other
+/// combination makes the start fail with EPERM).
+pub fn run_as(cmd: &mut std::process::Command, uid: u32, gid: u32, groups: Vec<u32>) {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<libc::gid_t> = groups.into_iter().collect();
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe calls geteuid/getegid/setgroups/setgid/setuid on memory allocated
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let root = libc::geteuid() == 0;
+            if root && libc::setgroups(groups.len() as _, groups.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if (root || libc::getegid() != gid) && libc::setgid(gid) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if (root || libc::geteuid() != uid) && libc::setuid(uid) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Sends `sig` to process `pid`.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     if pid <= 0 {

@@ -185,11 +185,14 @@ impl Rejected {
 
 impl Wire for Rejected {}
 
-/// The body of `PATCH <api_url>/operations/<id>` (SPEC §4.6):
-/// `{"success","output","exit_code","type"}`.
+/// The body of `PATCH <api_url>/operations/<id>` (SPEC §4.6), a superset of the C
+/// SocketMan's body: `success` and `msg` are the keys a C-era API reads (`msg` is the job's
+/// output, stdout then stderr, `""` when there was none); `output` carries the same text
+/// under the name the C README documents; `exit_code` and `type` are socketman's additions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestResult {
     pub exit_code: Option<i32>,
+    pub msg: String,
     pub output: String,
     pub success: bool,
     #[serde(rename = "type")]
@@ -199,10 +202,27 @@ pub struct RestResult {
 impl From<&ProcessedMeta> for RestResult {
     fn from(m: &ProcessedMeta) -> RestResult {
         RestResult {
-            exit_code: m.exit_code,
-            output: m.msg.clone(),
             success: m.success,
+            msg: m.msg.clone(),
+            output: m.msg.clone(),
+            exit_code: m.exit_code,
             ty: m.ty.clone(),
+        }
+    }
+}
+
+impl RestResult {
+    /// The body for a PROCESSED message as stored (read loosely: older stores, and messages
+    /// with fields missing, give `false`, `""`, `null`).
+    pub fn of(processed: &Value) -> RestResult {
+        let m = &processed["meta"];
+        let text = m["msg"].as_str().unwrap_or_default().to_string();
+        RestResult {
+            success: m["success"].as_bool().unwrap_or(false),
+            msg: text.clone(),
+            output: text,
+            exit_code: m["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()),
+            ty: m["type"].as_str().unwrap_or("unknown").to_string(),
         }
     }
 }
@@ -214,6 +234,13 @@ impl From<&Processed> for RestResult {
 }
 
 impl Wire for RestResult {}
+
+/// One pending REST notification as stored in `state_dir/rest/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestNotification {
+    pub id: String,
+    pub body: RestResult,
+}
 
 #[cfg(test)]
 mod tests {
@@ -499,22 +526,24 @@ mod tests {
         let m = &pv["meta"];
         let expected = json!({
             "success": m["success"],
+            "msg": m["msg"],
             "output": m["msg"],
             "exit_code": m["exit_code"],
             "type": m["type"],
         });
         assert_eq!(
             expected,
-            json!({"success":true,"output":"out","exit_code":0,"type":"cmd"})
+            json!({"success":true,"msg":"out","output":"out","exit_code":0,"type":"cmd"})
         );
-        check(&RestResult::from(&p), expected);
+        check(&RestResult::from(&p), expected.clone());
+        assert_eq!(RestResult::of(&pv), RestResult::from(&p));
         let timed_out = RestResult::from(&ProcessedMeta {
             error: Some("timeout".into()),
             ..ProcessedMeta::default()
         });
         check(
             &timed_out,
-            json!({"success": false, "output": "", "exit_code": null, "type": "cmd"}),
+            json!({"success": false, "msg": "", "output": "", "exit_code": null, "type": "cmd"}),
         );
     }
 }

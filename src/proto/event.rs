@@ -162,7 +162,8 @@ pub struct RecoveryMeta {
     pub offline_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// `online` or `rebooted`.
+    /// `online` or `rebooted` (the reboot marker file may leave it out).
+    #[serde(default)]
     pub state: String,
 }
 

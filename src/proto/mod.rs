@@ -22,7 +22,8 @@ pub mod incoming;
 pub mod job;
 
 pub use answer::{
-    Delivered, DeliveredMeta, Processed, ProcessedMeta, Rejected, RejectedMeta, RestResult,
+    Delivered, DeliveredMeta, Processed, ProcessedMeta, Rejected, RejectedMeta, RestNotification,
+    RestResult,
 };
 pub use error::{ErrorCode, JobError};
 pub use event::{

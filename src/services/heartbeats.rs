@@ -11,6 +11,72 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Longest `process_name` accepted, in characters.
+pub const MAX_NAME: usize = 64;
+
+/// Most heartbeating processes in the table; beats for more new names are refused and
+/// counted (`refused` in healthz).
+pub const MAX_ENTRIES: usize = 256;
+
+/// An entry silent for this many `watchdog_timeout`s is forgotten.
+pub const PRUNE_AFTER: u32 = 10;
+
+/// At most one HEARTBEAT_LOST event per name in this time; more restarts are counted.
+pub const EVENT_EVERY: Duration = Duration::from_secs(60);
+
+/// Who sent a beat (the owner of the sending socket) and with which groups a `run_command`
+/// it registers runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Why a well-formed beat is not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sending socket is gone and no entry of that pid exists: a beat that registers
+    /// or changes an entry needs a sender socket socketman can still see.
+    UnknownSender,
+    /// The pid does not exist.
+    NoProcess,
+    /// The pid is a thread, not a process.
+    Thread { tgid: i32 },
+    /// init, socketman, a thread of socketman, or its group leader.
+    Protected(crate::platform::procfs::Protected),
+    /// The pid belongs to another user than the sender.
+    NotTheSendersProcess { owner: u32, sender: u32 },
+    /// The name is registered by another user.
+    NameTaken { owner: u32 },
+    /// The name is a supervised service and the pid is not (in) that service.
+    NotTheService,
+    /// The table holds [`MAX_ENTRIES`] names.
+    Full,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::UnknownSender => write!(
+                f,
+                "its sender is unknown (the socket was closed before socketman read the \
+                 datagram; keep it open, e.g. `exec 3<>/dev/udp/...` or `nc -u -w1`)"
+            ),
+            Refusal::NoProcess => write!(f, "no such process"),
+            Refusal::Thread { tgid } => write!(f, "it is a thread of process {tgid}"),
+            Refusal::Protected(p) => write!(f, "it is {p}"),
+            Refusal::NotTheSendersProcess { owner, sender } => write!(
+                f,
+                "the process belongs to uid {owner}, the sender is uid {sender}"
+            ),
+            Refusal::NameTaken { owner } => write!(f, "the name is registered by uid {owner}"),
+            Refusal::NotTheService => write!(f, "the pid is not the supervised service's"),
+            Refusal::Full => write!(f, "the table holds {MAX_ENTRIES} names already"),
+        }
+    }
+}
+
 /// One parsed heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Beat {
@@ -33,6 +99,8 @@ pub enum BeatError {
     UnknownCommand { found: String },
     /// `process_name` is absent, not a string, or empty.
     MissingName,
+    /// `process_name` is longer than [`MAX_NAME`] characters or holds control characters.
+    BadName,
     /// The pid (`key`: `pid`, or `pid_of_process` in the `heart_beat` form) is absent, not an
     /// integer, or not above 1.
     BadPid { key: &'static str },
@@ -51,6 +119,10 @@ impl fmt::Display for BeatError {
             BeatError::NotObject => write!(f, "not a JSON object"),
             BeatError::UnknownCommand { found } => write!(f, "unknown command {found}"),
             BeatError::MissingName => write!(f, "missing or empty \"process_name\""),
+            BeatError::BadName => write!(
+                f,
+                "\"process_name\" longer than {MAX_NAME} characters or with control characters"
+            ),
             BeatError::BadPid { key } => write!(f, "missing or invalid \"{key}\""),
             BeatError::RunCommandNotString => write!(f, "\"run_command\" is not a string"),
             BeatError::VersionNotObject => write!(f, "\"version\" is not an object"),
@@ -92,6 +164,9 @@ pub fn parse(data: &[u8]) -> Result<Beat, BeatError> {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or(BeatError::MissingName)?;
+    if name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(BeatError::BadName);
+    }
     let pid = o
         .get(pid_key)
         .and_then(Value::as_i64)
@@ -145,6 +220,13 @@ pub struct Entry {
     pub deadline: Instant,
     /// It was lost and could not be restarted: nothing more until it beats again.
     pub lost: bool,
+    /// Who registered it: its `run_command` runs with these ids.
+    pub owner: Sender,
+    /// The last beat.
+    pub seen: Instant,
+    /// The last HEARTBEAT_LOST event, and restarts since without one.
+    pub last_event: Option<Instant>,
+    pub unreported: u64,
 }
 
 /// The heartbeat table. Pure: every call takes `now`.
@@ -154,32 +236,55 @@ pub struct Table {
 }
 
 impl Table {
-    /// Records a beat at `now` (`unix`: the same moment as Unix time); `pid_start` is the
-    /// start time of the beat's pid, when it could be read.
+    /// Records a beat at `now` (`unix`: the same moment as Unix time) sent by `sender`
+    /// (`None`: its socket was gone), whose pid was checked to be `sender`'s; `pid_start` is
+    /// the start time of the beat's pid, when it could be read. Without a known sender a
+    /// beat only keeps an entry of the same pid alive.
     pub fn beat(
         &mut self,
         b: Beat,
+        sender: Option<&Sender>,
         pid_start: Option<u64>,
         timeout: Duration,
         now: Instant,
         unix: u64,
-    ) {
+    ) -> Result<(), Refusal> {
         let deadline = now + timeout;
+        let Some(sender) = sender else {
+            return match self.entries.get_mut(&b.process_name) {
+                Some(e) if e.pid == b.pid && e.pid_start == pid_start => {
+                    e.last_seen = unix;
+                    e.seen = now;
+                    e.deadline = deadline;
+                    e.lost = false;
+                    Ok(())
+                }
+                _ => Err(Refusal::UnknownSender),
+            };
+        };
         match self.entries.get_mut(&b.process_name) {
             Some(e) => {
+                if e.owner.uid != sender.uid && sender.uid != 0 {
+                    return Err(Refusal::NameTaken { owner: e.owner.uid });
+                }
                 e.pid = b.pid;
                 e.pid_start = pid_start;
-                if b.run_command.is_some() {
+                if b.run_command.is_some() || e.owner.uid != sender.uid {
                     e.run_command = b.run_command;
                 }
                 if b.version.is_some() {
                     e.version = b.version;
                 }
+                e.owner = sender.clone();
                 e.last_seen = unix;
+                e.seen = now;
                 e.deadline = deadline;
                 e.lost = false;
             }
             None => {
+                if self.entries.len() >= MAX_ENTRIES {
+                    return Err(Refusal::Full);
+                }
                 self.entries.insert(
                     b.process_name,
                     Entry {
@@ -191,8 +296,38 @@ impl Table {
                         pid_start,
                         deadline,
                         lost: false,
+                        owner: sender.clone(),
+                        seen: now,
+                        last_event: None,
+                        unreported: 0,
                     },
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the entries silent for [`PRUNE_AFTER`] × `timeout`; returns how many.
+    pub fn prune(&mut self, timeout: Duration, now: Instant) -> usize {
+        let before = self.entries.len();
+        let keep = timeout * PRUNE_AFTER;
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.seen) < keep);
+        before - self.entries.len()
+    }
+
+    /// Whether a HEARTBEAT_LOST for `name` may be published at `now` (at most one per
+    /// [`EVENT_EVERY`]); `Some(n)`: yes, with `n` restarts not reported since the last one.
+    pub fn report(&mut self, name: &str, now: Instant) -> Option<u64> {
+        let e = self.entries.get_mut(name)?;
+        match e.last_event {
+            Some(t) if now.saturating_duration_since(t) < EVENT_EVERY => {
+                e.unreported += 1;
+                None
+            }
+            _ => {
+                e.last_event = Some(now);
+                Some(std::mem::take(&mut e.unreported))
             }
         }
     }
@@ -250,6 +385,8 @@ pub struct Shared {
     pub malformed: AtomicUsize,
     /// Datagrams accepted so far.
     pub beats: AtomicUsize,
+    /// Well-formed beats refused (sender, pid or table checks) so far.
+    pub refused: AtomicUsize,
 }
 
 impl Shared {
@@ -272,7 +409,7 @@ impl Shared {
             .iter()
             .map(|(n, e)| {
                 json!({"process_name": n, "pid": e.pid, "version": e.version,
-                       "last_seen": e.last_seen, "restarts": e.restarts})
+                       "last_seen": e.last_seen, "restarts": e.restarts, "uid": e.owner.uid})
             })
             .collect()
     }
@@ -283,10 +420,11 @@ impl crate::healthz::HeartbeatsView for Heartbeats {
         self.entries()
     }
 
-    fn counters(&self) -> (usize, usize) {
+    fn counters(&self) -> (usize, usize, usize) {
         (
             self.beats.load(Ordering::Relaxed),
             self.malformed.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
         )
     }
 }
@@ -294,6 +432,126 @@ impl crate::healthz::HeartbeatsView for Heartbeats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user(uid: u32) -> Sender {
+        Sender {
+            uid,
+            gid: uid,
+            groups: vec![],
+        }
+    }
+
+    impl Table {
+        /// A beat from root, which must be taken.
+        fn beat_ok(&mut self, b: Beat, start: Option<u64>, to: Duration, now: Instant, u: u64) {
+            self.beat(b, Some(&user(0)), start, to, now, u).unwrap();
+        }
+    }
+
+    #[test]
+    fn names_belong_to_their_user_and_strangers_only_keep_alive() {
+        let t0 = Instant::now();
+        let to = Duration::from_secs(10);
+        let mut t = Table::default();
+        // A sender whose socket is gone cannot register.
+        assert_eq!(
+            t.beat(beat("a", 100), None, None, to, t0, 1),
+            Err(Refusal::UnknownSender)
+        );
+        t.beat(beat("a", 100), Some(&user(1000)), Some(5), to, t0, 1)
+            .unwrap();
+        assert_eq!(t.entries["a"].owner.uid, 1000);
+        // Another user cannot take the name over (nor change its command).
+        let mut evil = beat("a", 200);
+        evil.run_command = Some("touch /tmp/x".into());
+        assert_eq!(
+            t.beat(evil.clone(), Some(&user(1001)), None, to, t0, 2),
+            Err(Refusal::NameTaken { owner: 1000 })
+        );
+        // Without a known sender: only the same pid (same start) is kept alive.
+        assert_eq!(
+            t.beat(evil.clone(), None, None, to, t0, 2),
+            Err(Refusal::UnknownSender)
+        );
+        let later = t0 + Duration::from_secs(8);
+        let mut same = beat("a", 100);
+        same.run_command = Some("touch /tmp/x".into());
+        t.beat(same, None, Some(5), to, later, 9).unwrap();
+        assert_eq!(t.entries["a"].run_command.as_deref(), Some("true"));
+        assert!(t.expired(t0 + Duration::from_secs(17)).is_empty());
+        // Root may take over; the command is then root's.
+        t.beat(evil, Some(&user(0)), None, to, t0, 3).unwrap();
+        assert_eq!(t.entries["a"].owner.uid, 0);
+        assert_eq!(t.entries["a"].run_command.as_deref(), Some("touch /tmp/x"));
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_pruned() {
+        let t0 = Instant::now();
+        let to = Duration::from_secs(2);
+        let mut t = Table::default();
+        for i in 0..MAX_ENTRIES {
+            t.beat(
+                beat(&format!("p{i}"), 100),
+                Some(&user(1000)),
+                None,
+                to,
+                t0,
+                1,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            t.beat(beat("one-more", 100), Some(&user(1000)), None, to, t0, 1),
+            Err(Refusal::Full)
+        );
+        // Known names still beat.
+        t.beat(
+            beat("p0", 100),
+            Some(&user(1000)),
+            None,
+            to,
+            t0 + Duration::from_secs(15),
+            1,
+        )
+        .unwrap();
+        assert_eq!(t.prune(to, t0 + Duration::from_secs(19)), 0);
+        assert_eq!(t.prune(to, t0 + Duration::from_secs(20)), MAX_ENTRIES - 1);
+        assert_eq!(t.entries.len(), 1);
+        assert!(t
+            .beat(beat("one-more", 100), Some(&user(1000)), None, to, t0, 1)
+            .is_ok());
+    }
+
+    #[test]
+    fn lost_events_are_rate_limited_per_name() {
+        let t0 = Instant::now();
+        let to = Duration::from_secs(1);
+        let mut t = Table::default();
+        t.beat_ok(beat("a", 100), None, to, t0, 1);
+        t.beat_ok(beat("b", 100), None, to, t0, 1);
+        assert_eq!(t.report("a", t0), Some(0));
+        assert_eq!(t.report("b", t0), Some(0));
+        assert_eq!(t.report("a", t0 + Duration::from_secs(5)), None);
+        assert_eq!(t.report("a", t0 + Duration::from_secs(59)), None);
+        assert_eq!(t.report("a", t0 + EVENT_EVERY), Some(2));
+        assert_eq!(t.report("gone", t0), None);
+    }
+
+    #[test]
+    fn long_or_control_names_are_malformed() {
+        let long = format!(
+            r#"{{"process_name":"{}","pid":5}}"#,
+            "n".repeat(MAX_NAME + 1)
+        );
+        assert!(matches!(parse(long.as_bytes()), Err(BeatError::BadName)));
+        let ok = format!(r#"{{"process_name":"{}","pid":5}}"#, "n".repeat(MAX_NAME));
+        assert!(parse(ok.as_bytes()).is_ok());
+        assert!(matches!(
+            parse(br#"{"process_name":"a\nERROR forged","pid":5}"#),
+            Err(BeatError::BadName)
+        ));
+    }
 
     fn beat(name: &str, pid: i32) -> Beat {
         Beat {
@@ -390,9 +648,9 @@ mod tests {
         let t0 = Instant::now();
         let to = Duration::from_secs(10);
         let mut t = Table::default();
-        t.beat(beat("a", 100), None, to, t0, 1000);
+        t.beat_ok(beat("a", 100), None, to, t0, 1000);
         assert!(t.expired(t0 + Duration::from_secs(9)).is_empty());
-        t.beat(beat("a", 100), None, to, t0 + Duration::from_secs(9), 1009);
+        t.beat_ok(beat("a", 100), None, to, t0 + Duration::from_secs(9), 1009);
         assert!(t.expired(t0 + Duration::from_secs(18)).is_empty());
         assert_eq!(
             t.expired(t0 + Duration::from_secs(19)),
@@ -406,7 +664,7 @@ mod tests {
         let t0 = Instant::now();
         let to = Duration::from_secs(10);
         let mut t = Table::default();
-        t.beat(beat("a", 100), None, to, t0, 1000);
+        t.beat_ok(beat("a", 100), None, to, t0, 1000);
         let lost = t0 + Duration::from_secs(10);
         assert_eq!(t.expired(lost).len(), 1);
         t.restarted("a", Some(200), None, to, lost);
@@ -415,7 +673,7 @@ mod tests {
         assert!(t.expired(lost + Duration::from_secs(19)).is_empty());
         assert_eq!(t.expired(lost + Duration::from_secs(20)).len(), 1);
         // A beat of the new process puts it back on the normal schedule.
-        t.beat(
+        t.beat_ok(
             beat("a", 200),
             None,
             to,
@@ -431,10 +689,10 @@ mod tests {
         let t0 = Instant::now();
         let to = Duration::from_secs(1);
         let mut t = Table::default();
-        t.beat(beat("a", 100), None, to, t0, 1000);
+        t.beat_ok(beat("a", 100), None, to, t0, 1000);
         t.restarted("a", None, None, to, t0 + to);
         assert!(t.expired(t0 + Duration::from_secs(100)).is_empty());
-        t.beat(
+        t.beat_ok(
             beat("a", 101),
             None,
             to,
@@ -451,8 +709,8 @@ mod tests {
         let mut t = Table::default();
         let mut b = beat("a", 100);
         b.version = Some("1.2.3".into());
-        t.beat(b, None, to, t0, 1);
-        t.beat(
+        t.beat_ok(b, None, to, t0, 1);
+        t.beat_ok(
             Beat {
                 process_name: "a".into(),
                 pid: 100,

@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 use crate::platform::process::{self, Leftovers, Spec};
+use crate::platform::procfs::protected;
+pub use crate::platform::procfs::Protected;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -217,9 +219,9 @@ pub enum ProcError {
     NoSuchPid(i32),
     /// The kernel refused: `/proc/<pid>/stat` not readable, or a signal got `EPERM`.
     PermissionDenied,
-    /// The pid is socketman itself, which is never stopped or signalled (a STOP would freeze
-    /// the agent for good).
-    Forbidden { pid: i32 },
+    /// The pid is init, socketman itself, one of its threads or its process group leader:
+    /// never stopped or signalled for a job (a STOP would freeze the agent for good).
+    Forbidden { pid: i32, why: Protected },
     /// `signal` is not one of [`SIGNALS`].
     UnknownSignal(String),
     /// `process.start` could not start the program (not found, not executable, no thread
@@ -239,7 +241,7 @@ impl fmt::Display for ProcError {
             ProcError::Arg(e) => e.fmt(f),
             ProcError::NoSuchPid(pid) => write!(f, "no such pid: {pid}"),
             ProcError::PermissionDenied => write!(f, "permission denied"),
-            ProcError::Forbidden { pid } => write!(f, "forbidden: {pid} is socketman itself"),
+            ProcError::Forbidden { pid, why } => write!(f, "forbidden: {pid} is {why}"),
             ProcError::UnknownSignal(name) => write!(f, "unknown signal: {name}"),
             ProcError::Start { path, err } => {
                 // "No such file or directory (os error 2)" → "No such file or directory".
@@ -462,12 +464,13 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Refuses to signal socketman itself (a STOP would freeze the agent for good).
+/// Refuses to signal init, socketman, its threads (a signal to a thread id reaches the
+/// whole agent: a STOP would freeze it for good) and its process group leader.
 fn not_self(pid: i32) -> Result<(), ProcError> {
-    if pid == std::process::id() as i32 {
-        return Err(ProcError::Forbidden { pid });
+    match protected(pid) {
+        Some(why) => Err(ProcError::Forbidden { pid, why }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn kill_err(pid: i32, err: io::Error) -> ProcError {
@@ -924,8 +927,18 @@ mod tests {
             (ProcError::NoSuchPid(5), "no such pid: 5"),
             (ProcError::PermissionDenied, "permission denied"),
             (
-                ProcError::Forbidden { pid: 7 },
+                ProcError::Forbidden {
+                    pid: 7,
+                    why: Protected::Socketman,
+                },
                 "forbidden: 7 is socketman itself",
+            ),
+            (
+                ProcError::Forbidden {
+                    pid: 1,
+                    why: Protected::Init,
+                },
+                "forbidden: 1 is init (pid 1)",
             ),
             (
                 ProcError::UnknownSignal("SIGBOGUS".into()),
@@ -1016,12 +1029,51 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(matches!(
             signal(&json!({"pid": me, "signal": "SIGCONT"})),
-            Err(ProcError::Forbidden { pid }) if pid == me
+            Err(ProcError::Forbidden { pid, .. }) if pid == me
         ));
         assert!(matches!(
             stop(&reg, &json!({"pid": me})),
-            Err(ProcError::Forbidden { pid }) if pid == me
+            Err(ProcError::Forbidden { pid, .. }) if pid == me
         ));
+        // init, and every thread of socketman (a signal to a thread id reaches the agent).
+        for ty in ["SIGCONT", "SIGSTOP", "SIGKILL"] {
+            assert!(matches!(
+                signal(&json!({"pid": 1, "signal": ty})),
+                Err(ProcError::Forbidden {
+                    pid: 1,
+                    why: Protected::Init
+                })
+            ));
+        }
+        assert!(matches!(
+            stop(&reg, &json!({"pid": 1, "grace": 0})),
+            Err(ProcError::Forbidden {
+                pid: 1,
+                why: Protected::Init
+            })
+        ));
+        let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|t| *t != me)
+            .collect();
+        assert!(!tids.is_empty(), "the test harness runs tests on threads");
+        for tid in tids {
+            assert!(matches!(
+                signal(&json!({"pid": tid, "signal": "SIGSTOP"})),
+                Err(ProcError::Forbidden {
+                    why: Protected::SocketmanThread,
+                    ..
+                })
+            ));
+            assert!(matches!(
+                stop(&reg, &json!({"pid": tid})),
+                Err(ProcError::Forbidden {
+                    why: Protected::SocketmanThread,
+                    ..
+                })
+            ));
+        }
         assert!(matches!(
             signal(&json!({"pid": me, "signal": "TERM"})),
             Err(ProcError::UnknownSignal(n)) if n == "TERM"

@@ -245,7 +245,8 @@ pub fn check_new_binary(path: &Path, timeout: Duration) -> Result<String, SelfUp
     // A background child of the new binary could keep the pipe open: read for 1 s at most.
     let opts = RunOpts::new(timeout)
         .capture(Capture::Combined { max: 64 * 1024 })
-        .drain(Duration::from_secs(1));
+        .drain(Duration::from_secs(1))
+        .no_leftovers();
     let mut tries = 0;
     let out = loop {
         match process::run(&spec, &opts, &|_| {}) {
@@ -481,7 +482,7 @@ fn roll_back(control: &ControlSender, marker_file: &Path, mut m: Marker, why: St
     });
 }
 
-/// The job id of a pending update, for `Jobs::answer_unfinished` at start-up: that job is
+/// The job id of a pending update, for `Jobs::resume_unfinished` at start-up: that job is
 /// answered by [`on_start`], not as "interrupted".
 pub fn pending_job_id(state_dir: &Path) -> Option<String> {
     read_marker(&marker_path(state_dir)).map(|m| m.job_id)

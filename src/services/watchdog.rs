@@ -16,10 +16,12 @@
 
 use crate::link::outbox::Outbox;
 use crate::platform::process::{self, Leftovers, Spec, Streams};
+use crate::platform::procfs;
 use crate::runtime::{ConfigHandle, Shutdown, Threads};
-pub use crate::services::heartbeats::{parse, Beat, Heartbeats};
+pub use crate::services::heartbeats::{parse, Beat, Heartbeats, Refusal, Sender};
 use crate::services::supervisor::Supervisor;
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -53,10 +55,14 @@ impl std::fmt::Display for RunCommandError {
 
 impl std::error::Error for RunCommandError {}
 
-/// Starts `/bin/sh -c cmd` in its own process group; a thread reaps it.
-fn run_command(cmd: &str) -> Result<i32, RunCommandError> {
+/// Starts `/bin/sh -c cmd` as `who` (the user that registered it; never root for another
+/// user), in its own process group, with a clean environment; a thread reaps it.
+fn run_command(cmd: &str, who: &Sender) -> Result<i32, RunCommandError> {
     // Its own group, socketman's stdout/stderr; the reaper thread only reaps it.
-    let spec = Spec::shell(cmd).streams(Streams::Inherit);
+    let spec = Spec::shell(cmd)
+        .streams(Streams::Inherit)
+        .clean_env()
+        .run_as(who.uid, who.gid, who.groups.clone());
     process::spawn_supervised(&spec, Leftovers::Keep, &|_| {}, |_| {})
         .map(|c| c.pid())
         .map_err(|e| RunCommandError {
@@ -86,10 +92,13 @@ fn recover(w: &Watchdog, name: &str) {
             }
         }
     } else {
-        let me = std::process::id() as i32;
         let same = matches!(crate::services::procs::read_stat(old),
             Ok(s) if Some(s.starttime) == entry.pid_start && s.state != 'Z');
-        if old > 1 && old != me && same {
+        // Still the registrant's process (a KILL for another user is never sent).
+        let owned = procfs::creds(old).is_some_and(|c| {
+            c.tgid == old && (entry.owner.uid == 0 || c.uids.iter().all(|u| *u == entry.owner.uid))
+        });
+        if same && owned && procfs::protected(old).is_none() {
             if let Err(e) = crate::platform::sys::kill(old, libc::SIGKILL) {
                 log::warn!("watchdog: KILL of {name} pid {old} failed: {e}");
             }
@@ -97,7 +106,7 @@ fn recover(w: &Watchdog, name: &str) {
             log::info!("watchdog: {name} pid {old} is gone (or its pid was reused): not killed");
         }
         match entry.run_command.as_deref() {
-            Some(cmd) => match run_command(cmd) {
+            Some(cmd) => match run_command(cmd, &entry.owner) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log::error!("watchdog: {name}: {e}");
@@ -115,19 +124,93 @@ fn recover(w: &Watchdog, name: &str) {
             .ok()
             .map(|s| s.starttime)
     });
-    w.heartbeats
-        .lock()
-        .restarted(name, new_pid, new_start, timeout, Instant::now());
-    w.outbox.status_event(
-        "HEARTBEAT_LOST",
-        serde_json::to_value(crate::proto::HeartbeatLostMeta {
-            pid: old,
-            process_name: name.to_string(),
-            restarted_pid: new_pid,
-        })
-        .unwrap_or(Value::Null),
-    );
+    let report = {
+        let mut t = w.heartbeats.lock();
+        t.restarted(name, new_pid, new_start, timeout, Instant::now());
+        t.report(name, Instant::now())
+    };
+    match report {
+        Some(unreported) => {
+            if unreported > 0 {
+                log::info!(
+                    "watchdog: {name}: {unreported} earlier restart(s) had no HEARTBEAT_LOST \
+                     event (at most one a minute per name)"
+                );
+            }
+            w.outbox.status_event(
+                "HEARTBEAT_LOST",
+                serde_json::to_value(crate::proto::HeartbeatLostMeta {
+                    pid: old,
+                    process_name: name.to_string(),
+                    restarted_pid: new_pid,
+                })
+                .unwrap_or(Value::Null),
+            );
+        }
+        None => log::debug!("watchdog: {name}: HEARTBEAT_LOST held back (one a minute)"),
+    }
 }
+
+/// Log the first ten of a kind, then every thousandth: a flood of bad datagrams from a local
+/// user cannot flood the log.
+fn noteworthy(count: usize) -> bool {
+    count <= 10 || count.is_multiple_of(1000)
+}
+
+/// Checks a beat against its sender: `Ok(None)` when the sender's socket is already gone
+/// (the table then only lets it keep an entry of the same pid alive), `Ok(Some(sender))`
+/// when the sender may speak for the pid: it is root, or it owns the process (real,
+/// effective and saved uid), which is a process (not a thread), not init and not socketman.
+/// A supervised service's name is only taken for the service's pid or its process group.
+fn admit(w: &Watchdog, b: &Beat, from: SocketAddr) -> Result<Option<Sender>, Refusal> {
+    let owner = procfs::udp_sender(from);
+    let c = procfs::creds(b.pid).ok_or(Refusal::NoProcess)?;
+    if c.tgid != b.pid {
+        return Err(Refusal::Thread { tgid: c.tgid });
+    }
+    if let Some(p) = procfs::protected(b.pid) {
+        return Err(Refusal::Protected(p));
+    }
+    if crate::services::supervisor::heartbeats(&w.supervisor, &b.process_name) {
+        let svc =
+            crate::services::supervisor::info(&w.supervisor, &b.process_name).and_then(|i| i.pid);
+        let in_group =
+            |svc: i32| crate::services::procs::read_stat(b.pid).is_ok_and(|s| s.pgrp == svc);
+        if !svc.is_some_and(|svc| svc == b.pid || in_group(svc)) {
+            return Err(Refusal::NotTheService);
+        }
+    }
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    if owner.uid != 0 {
+        if let Some(other) = c.uids.iter().find(|u| **u != owner.uid) {
+            return Err(Refusal::NotTheSendersProcess {
+                owner: *other,
+                sender: owner.uid,
+            });
+        }
+    }
+    // The groups of the process holding the socket (the sender); when it is gone already,
+    // the uid's own group only (for root: 0) and no supplementary groups.
+    let (gid, groups) = procfs::socket_holder(owner.inode)
+        .and_then(procfs::creds)
+        .filter(|h| h.uids[1] == owner.uid || owner.uid == 0)
+        .map(|h| (h.gid, h.groups))
+        .unwrap_or(if owner.uid == 0 {
+            (0, Vec::new())
+        } else {
+            (NOGROUP, Vec::new())
+        });
+    Ok(Some(Sender {
+        uid: owner.uid,
+        gid,
+        groups,
+    }))
+}
+
+/// The group of a `run_command` whose sender's groups could not be read.
+const NOGROUP: u32 = 65534;
 
 /// Starts the watchdog thread in `threads` when `watchdog_port` is not 0.
 pub fn start(w: Watchdog, threads: &mut Threads) {
@@ -161,31 +244,53 @@ pub fn start(w: Watchdog, threads: &mut Threads) {
     }
 }
 
+/// Takes one well-formed beat into the table, or refuses it (counted, logged sparingly).
+fn take(w: &Watchdog, b: Beat, from: SocketAddr) {
+    let start = crate::services::procs::read_stat(b.pid)
+        .ok()
+        .map(|s| s.starttime);
+    let (name, pid) = (b.process_name.clone(), b.pid);
+    let r = admit(w, &b, from).and_then(|sender| {
+        w.heartbeats.lock().beat(
+            b,
+            sender.as_ref(),
+            start,
+            timeout_of(w),
+            Instant::now(),
+            crate::proto::now(),
+        )
+    });
+    match r {
+        Ok(()) => {
+            log::debug!("watchdog: beat from {name:?} pid {pid}");
+            w.heartbeats.beats.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(why) => {
+            let c = w.heartbeats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if noteworthy(c) {
+                log::warn!(
+                    "watchdog: heartbeat {name:?} pid {pid} from {from} refused: {why}; \
+                     {c} refused so far"
+                );
+            }
+        }
+    }
+}
+
 fn serve(w: &Watchdog, sock: &UdpSocket) {
     let mut buf = [0u8; 2048];
     while !w.shutdown.is_set() {
         match sock.recv_from(&mut buf) {
             Ok(_) if w.shutdown.is_set() => break,
             Ok((n, from)) => match parse(&buf[..n]) {
-                Ok(b) => {
-                    log::debug!("watchdog: beat from {} pid {}", b.process_name, b.pid);
-                    w.heartbeats.beats.fetch_add(1, Ordering::Relaxed);
-                    let start = crate::services::procs::read_stat(b.pid)
-                        .ok()
-                        .map(|s| s.starttime);
-                    w.heartbeats.lock().beat(
-                        b,
-                        start,
-                        timeout_of(w),
-                        Instant::now(),
-                        crate::proto::now(),
-                    );
-                }
+                Ok(b) => take(w, b, from),
                 Err(e) => {
                     let c = w.heartbeats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-                    log::warn!(
-                        "watchdog: malformed datagram from {from} dropped ({e}); {c} so far"
-                    );
+                    if noteworthy(c) {
+                        log::warn!(
+                            "watchdog: malformed datagram from {from} dropped ({e}); {c} so far"
+                        );
+                    }
                 }
             },
             Err(e)
@@ -200,7 +305,17 @@ fn serve(w: &Watchdog, sock: &UdpSocket) {
                 }
             }
         }
-        let expired = w.heartbeats.lock().expired(Instant::now());
+        let (expired, pruned) = {
+            let mut t = w.heartbeats.lock();
+            let pruned = t.prune(timeout_of(w), Instant::now());
+            (t.expired(Instant::now()), pruned)
+        };
+        if pruned > 0 {
+            log::info!(
+                "watchdog: forgot {pruned} process(es) silent for {} × watchdog_timeout",
+                crate::services::heartbeats::PRUNE_AFTER
+            );
+        }
         for name in expired {
             if w.shutdown.is_set() {
                 break;

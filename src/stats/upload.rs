@@ -5,7 +5,8 @@
 //! Thread `stats-upload` ([`uploader`]): every `heartbeat` seconds, and at once when
 //! [`Stats::trigger`] is called (USR1, SPEC §10), it sends the spooled records oldest first in batches of ≤ 1 MiB before
 //! compression: `POST <stats_url>?access_token=<token>&mac=<MAC>`, `multipart/form-data` with
-//! one file field `data` (`data.gz`, `application/gzip`) holding the gzip of the NDJSON lines.
+//! one file field `data` (filename `archive.gz` as the C agent names it, `application/gzip`)
+//! holding the gzip of the NDJSON lines.
 //! - 2xx: the batch is deleted from the spool.
 //! - 401: the batch is kept, the cycle stops, and the hook set with
 //!   [`Stats::set_on_unauthorized`] is called; the agent installs re-provisioning there
@@ -214,6 +215,8 @@ pub enum PostError {
     Status(u16),
     /// No answer: connection refused, DNS, TLS, timeout.
     Transport(String),
+    /// A redirect that is not followed (the text says which and why).
+    Redirect(String),
 }
 
 impl std::fmt::Display for PostError {
@@ -222,6 +225,7 @@ impl std::fmt::Display for PostError {
             PostError::Unauthorized => write!(f, "HTTP 401"),
             PostError::Status(c) => write!(f, "HTTP {c}"),
             PostError::Transport(e) => write!(f, "no answer: {e}"),
+            PostError::Redirect(e) => write!(f, "{e}"),
         }
     }
 }
@@ -242,7 +246,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// (content type, body) of a `multipart/form-data` request with one file field `data`
-/// (`data.gz`, `application/gzip`). The boundary is random and checked against the content.
+/// (filename `archive.gz`, the C agent's name, `application/gzip`). The boundary is random
+/// and checked against the content.
 pub fn multipart(gz: &[u8]) -> (String, Vec<u8>) {
     let boundary = loop {
         let b = format!(
@@ -257,7 +262,7 @@ pub fn multipart(gz: &[u8]) -> (String, Vec<u8>) {
     let mut body = Vec::with_capacity(gz.len() + 256);
     body.extend_from_slice(
         format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"data.gz\"\r\n\
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"archive.gz\"\r\n\
              Content-Type: application/gzip\r\n\r\n"
         )
         .as_bytes(),
@@ -279,16 +284,12 @@ fn stats_target(base: &str, cfg: &Config, mac: &str) -> String {
 
 /// One POST; `Ok` on 2xx (a JSON body with `cmd` is logged and ignored).
 pub fn post(
-    http: &ureq::Agent,
+    http: &crate::http::Client,
     url: &str,
     content_type: &str,
     body: &[u8],
 ) -> Result<(), PostError> {
-    match http
-        .post(url)
-        .set("Content-Type", content_type)
-        .send_bytes(body)
-    {
+    match http.send("POST", url, content_type, body) {
         Ok(resp) => {
             let status = resp.status();
             let text = resp.into_string().unwrap_or_default();
@@ -306,29 +307,21 @@ pub fn post(
                 Err(PostError::Status(status))
             }
         }
-        Err(ureq::Error::Status(401, _)) => Err(PostError::Unauthorized),
-        Err(ureq::Error::Status(code, _)) => Err(PostError::Status(code)),
-        Err(ureq::Error::Transport(t)) => Err(PostError::Transport(t.to_string())),
+        Err(crate::http::HttpError::Status { code: 401, .. }) => Err(PostError::Unauthorized),
+        Err(crate::http::HttpError::Status { code, .. }) => Err(PostError::Status(code)),
+        // A redirect that is not followed (a 301/302/303 to a POST, another scheme, https to
+        // http, too many) is a failure: the records stay and the backup URL is tried.
+        Err(e @ crate::http::HttpError::Redirect { .. })
+        | Err(e @ crate::http::HttpError::TooManyRedirects) => {
+            Err(PostError::Redirect(e.to_string()))
+        }
+        Err(crate::http::HttpError::Transport(t)) => Err(PostError::Transport(t)),
     }
 }
 
 /// The error text with every `access_token=` value masked (ureq's messages may hold the URL).
 fn redact_err(e: &PostError) -> String {
-    let text = e.to_string();
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find("access_token=") {
-        let start = i + "access_token=".len();
-        out.push_str(&rest[..start]);
-        out.push_str("***");
-        let tail = &rest[start..];
-        let end = tail
-            .find(|c: char| c == '&' || c == '"' || c == ')' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
+    crate::http::redact_text(&e.to_string())
 }
 
 /// Result of sending one body to `stats_url`, then `backup_stats_url`.
@@ -339,7 +332,7 @@ enum Sent {
 }
 
 fn send_with_backup(
-    http: &ureq::Agent,
+    http: &crate::http::Client,
     cfg: &Config,
     mac: &str,
     content_type: &str,
@@ -388,7 +381,7 @@ pub fn store(ctx: &StatsCtx, cfg: &Config, record: Value, dropped: u64) {
     let stats = &ctx.stats;
     if cfg.no_cache && cfg.stats_url.is_some() {
         let body = record.to_string();
-        let http = crate::http::agent(cfg, ctx.timings.http_timeout);
+        let http = crate::http::Client::new(cfg, ctx.timings.http_timeout);
         match send_with_backup(
             &http,
             cfg,
@@ -439,7 +432,7 @@ pub fn upload_cycle(ctx: &StatsCtx, cfg: &Config) -> usize {
         return 0;
     }
     // One client per cycle: connections are reused between batches.
-    let http = crate::http::agent(cfg, ctx.timings.http_timeout);
+    let http = crate::http::Client::new(cfg, ctx.timings.http_timeout);
     let mut delivered = 0;
     while !ctx.shutdown.is_set() {
         let batch = match stats.spool().as_mut().map(|s| s.next_batch(BATCH_MAX)) {
@@ -584,7 +577,11 @@ mod tests {
         let parts = wire::multipart_parts(ct, &r.body);
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].name.as_deref(), Some("data"));
-        assert_eq!(parts[0].filename.as_deref(), Some("data.gz"));
+        assert_eq!(
+            parts[0].filename.as_deref(),
+            Some("archive.gz"),
+            "the C agent's filename"
+        );
         assert_eq!(parts[0].content_type.as_deref(), Some("application/gzip"));
         assert_eq!(seqs(&reqs), vec![0, 1, 2]);
         assert_eq!(stats.cache_stats().records, 0);
@@ -636,6 +633,58 @@ mod tests {
         assert_eq!(stats.cache_stats().records, 2);
         api.set_handler(|_| Some((200, "{}".into())));
         assert_eq!(upload_cycle(&agent, &agent.cfg()), 2);
+    }
+
+    #[test]
+    fn redirects_never_lose_records_nor_crash() {
+        // Whatever the "other" server gets, it answers 200: a redirected upload that reached
+        // it as a GET without body would be counted as sent.
+        let other = HttpServer::start(|_| Some((200, "{}".into())));
+        let api = HttpServer::start(|_| Some((200, "{}".into())));
+        let (_d, agent, stats) = setup((&api.url("/s"), None));
+        add(&agent, &stats, 0, 2);
+        for location in [
+            other.url("/moved"),
+            "file:///etc/shadow".to_string(),
+            "gopher://127.0.0.1/x".to_string(),
+            "http://".to_string(),
+        ] {
+            for code in [301, 302, 303] {
+                let l = location.clone();
+                api.set_handler(move |_| Some((code, l.clone())));
+                assert_eq!(upload_cycle(&agent, &agent.cfg()), 0, "{code} {location}");
+                assert_eq!(stats.cache_stats().records, 2, "{code} {location}");
+            }
+        }
+        assert!(
+            other.requests().is_empty(),
+            "a POST is never turned into a GET"
+        );
+        // A redirect loop ends after 5 hops.
+        let own = api.url("/s");
+        api.set_handler(move |_| Some((307, own.clone())));
+        let before = api.requests().len();
+        assert_eq!(upload_cycle(&agent, &agent.cfg()), 0);
+        assert_eq!(
+            api.requests().len() - before,
+            6,
+            "the request and 5 redirects"
+        );
+        assert_eq!(stats.cache_stats().records, 2);
+        // 307/308 re-send the same POST: delivered once, to the new place.
+        for code in [307, 308] {
+            let l = other.url(&format!("/new{code}"));
+            api.set_handler(move |_| Some((code, l.clone())));
+            add(&agent, &stats, 10 + u64::from(code), 1);
+            assert!(upload_cycle(&agent, &agent.cfg()) >= 1);
+            let got = other.requests();
+            let last = got.last().unwrap();
+            assert_eq!(last.method, "POST");
+            assert_eq!(last.path(), format!("/new{code}"));
+            assert!(!recs(last).is_empty());
+        }
+        assert_eq!(stats.cache_stats().records, 0);
+        assert_eq!(seqs(&other.requests()), vec![0, 1, 317, 318]);
     }
 
     #[test]
@@ -715,7 +764,7 @@ mod tests {
         let (ct, body) = multipart(&gz);
         let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
         let head = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"data.gz\"\r\nContent-Type: application/gzip\r\n\r\n"
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"archive.gz\"\r\nContent-Type: application/gzip\r\n\r\n"
         );
         assert!(body.starts_with(head.as_bytes()));
         assert!(body.ends_with(format!("\r\n--{boundary}--\r\n").as_bytes()));

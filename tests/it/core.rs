@@ -423,10 +423,14 @@ fn rest_mode_patches_the_api_and_retries_while_it_is_down() {
     );
     assert_eq!(last.header("content-type"), Some("application/json"));
     let body: Value = serde_json::from_slice(&last.body).unwrap();
+    // Issue 16: a C-era API reads `success` and `msg`; `output` (the C README's name) carries
+    // the same text, `exit_code` and `type` are socketman's additions.
     assert_eq!(
         body,
-        json!({"success": true, "output": "via rest\n", "exit_code": 0, "type": "cmd"})
+        json!({"success": true, "msg": "via rest\n", "output": "via rest\n", "exit_code": 0, "type": "cmd"})
     );
+    assert!(body["success"].is_boolean() && body["msg"].is_string());
+    assert_eq!(body["msg"], body["output"]);
     std::thread::sleep(Duration::from_millis(1500));
     let n = api.requests().len();
     std::thread::sleep(Duration::from_millis(1500));
@@ -624,11 +628,67 @@ fn a_panic_in_a_worker_ends_the_process_and_a_respawn_answers_the_job() {
             .starts_with("interrupted"),
         "{p}"
     );
+    assert_eq!(p["meta"]["type"], "test.panic", "the type is kept: {p}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         a.count(Topic::Pub, |v| v["id"] == "boom"),
         1,
         "answered once"
     );
+    let _ = a.term();
+}
+
+#[test]
+fn jobs_not_started_at_a_kill_run_after_the_restart_and_started_ones_are_interrupted() {
+    // One worker: "long" runs, "q1" and "q2" wait behind it. kill -9, start again: "long"
+    // is answered as interrupted (type kept), "q1" and "q2" run then, in order, once.
+    let b = Broker::start();
+    let mut a = Agent::start(&b, |c| c["job_workers"] = json!(1));
+    let dir = a.dir.path().to_path_buf();
+    let order = dir.join("order");
+    a.send_job(&json!({"id": "long", "timestamp": now(), "meta": {"msg": "sleep 30"}}));
+    a.wait_msg(Topic::Delivery, |v| v["id"] == "long", T);
+    for q in ["q1", "q2"] {
+        let cmd = format!("echo {q} $$ >> {}", order.display());
+        a.send_job(&json!({"id": q, "timestamp": now(), "meta": {"msg": cmd}}));
+        a.wait_msg(Topic::Delivery, |v| v["id"] == q, T);
+    }
+    assert!(a.log().contains("job long (cmd) running"));
+    a.kill9();
+    assert!(!order.exists(), "nothing of the queued jobs ran");
+    a.spawn();
+    let long = a.answer("long", T);
+    assert_eq!(long["meta"]["success"], false);
+    assert_eq!(long["meta"]["type"], "cmd", "{long}");
+    assert!(long["meta"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("interrupted"));
+    for q in ["q1", "q2"] {
+        let p = a.answer(q, T);
+        assert_eq!(p["meta"]["success"], true, "{p}");
+    }
+    let ran: Vec<String> = std::fs::read_to_string(&order)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ran, vec!["q1", "q2"], "in order, once each");
+    // Once: another restart answers nothing again and runs nothing again.
+    let _ = a.term();
+    let online = a.count(Topic::Status, |v| {
+        v["event_type"] == "CONNECT" && v["meta"]["online"] == "1"
+    });
+    a.spawn();
+    a.wait_online(online + 1);
+    std::thread::sleep(Duration::from_millis(500));
+    for id in ["long", "q1", "q2"] {
+        assert_eq!(
+            a.count(Topic::Pub, |v| v["id"] == id),
+            1,
+            "{id} answered once"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&order).unwrap().lines().count(), 2);
     let _ = a.term();
 }

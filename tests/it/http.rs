@@ -61,6 +61,7 @@ pub fn decode(s: &str) -> String {
 }
 
 /// What the handler answers: status, body. `None` = never answer (hold the connection).
+/// For a 3xx status the string is the `Location` header and the body is empty.
 pub type Reply = Option<(u16, String)>;
 type Handler = Box<dyn Fn(&Request) -> Reply + Send + Sync>;
 
@@ -193,6 +194,14 @@ fn serve(
             None => {
                 std::thread::sleep(Duration::from_secs(120));
                 return;
+            }
+            Some((code, location)) if (300..400).contains(&code) => {
+                let resp = format!(
+                    "HTTP/1.1 {code} X\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+                );
+                if stream.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
             }
             Some((code, body)) => {
                 let resp = format!(

@@ -11,6 +11,7 @@ mod brokers;
 mod core;
 mod monitor;
 mod procs;
+mod security;
 mod smctl;
 mod stats;
 mod update;

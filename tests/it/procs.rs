@@ -14,7 +14,7 @@ const T: Duration = Duration::from_secs(20);
 /// Kills the processes it was given when dropped, so that a failing test leaves nothing
 /// behind. Each pid is remembered with its start time and only killed while that still
 /// matches: pids wrap quickly on a busy machine and a reused one belongs to someone else.
-struct Reap(Vec<(u32, u64)>);
+pub(crate) struct Reap(Vec<(u32, u64)>);
 
 fn start_ticks(pid: u32) -> Option<u64> {
     let t = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -26,12 +26,12 @@ fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 impl Reap {
-    fn new() -> Reap {
+    pub(crate) fn new() -> Reap {
         Reap(Vec::new())
     }
 
     /// Remembers `pid` when its command line contains `needle` (proof that it is ours).
-    fn add(&mut self, pid: u32, needle: &str) {
+    pub(crate) fn add(&mut self, pid: u32, needle: &str) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if let (true, Some(t)) = (cmdline.contains(needle), start_ticks(pid)) {
@@ -50,12 +50,12 @@ impl Drop for Reap {
     }
 }
 
-fn ok(p: &Value) -> &Value {
+pub(crate) fn ok(p: &Value) -> &Value {
     assert_eq!(p["meta"]["success"], true, "job failed: {p}");
     &p["meta"]["result"]
 }
 
-fn err(p: &Value) -> String {
+pub(crate) fn err(p: &Value) -> String {
     assert_eq!(p["meta"]["success"], false, "job should fail: {p}");
     p["meta"]["error"].as_str().unwrap_or_default().to_string()
 }
@@ -66,7 +66,7 @@ fn proc_state(pid: u32) -> Option<char> {
     t[t.rfind(')')? + 1..].trim().chars().next()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if f() {
@@ -77,7 +77,7 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -501,7 +501,8 @@ fn always_failing_service_goes_fatal_with_events() {
     });
 }
 
-/// A heartbeating program: three beats (bash's /dev/udp), then silence with the same pid.
+/// A heartbeating program: three beats (bash's /dev/udp, the socket held open on fd 3 so
+/// that socketman can see who sent them), then silence with the same pid.
 fn heartbeat_script(dir: &Path, port: u16, name: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.sh"));
     let starts = dir.join(format!("{name}.starts"));
@@ -510,10 +511,12 @@ fn heartbeat_script(dir: &Path, port: u16, name: &str) -> std::path::PathBuf {
         &format!(
             r#"#!/bin/bash
 echo $$ >> {starts}
+exec 3<>/dev/udp/127.0.0.1/{port}
 for i in 1 2 3; do
-  printf '{{"command":"heart_beat","process_name":"{name}","pid_of_process":%d,"run_command":"exec /bin/bash {path}","version":{{"major":1,"minor":2,"patch":3}}}}' $$ > /dev/udp/127.0.0.1/{port}
+  printf '{{"command":"heart_beat","process_name":"{name}","pid_of_process":%d,"run_command":"exec /bin/bash {path}","version":{{"major":1,"minor":2,"patch":3}}}}' $$ >&3
   sleep 0.3
 done
+exec 3>&-
 exec -a {dir}/{name}-silent sleep 120
 "#,
             dir = dir.display(),

@@ -221,7 +221,11 @@ fn stats_post_has_the_spec_shape() {
     let parts = wire::multipart_parts(ct, &r.body);
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0].name.as_deref(), Some("data"));
-    assert_eq!(parts[0].filename.as_deref(), Some("data.gz"));
+    assert_eq!(
+        parts[0].filename.as_deref(),
+        Some("archive.gz"),
+        "issue 16: the C agent's filename"
+    );
     assert_eq!(parts[0].content_type.as_deref(), Some("application/gzip"));
     let text = String::from_utf8(wire::gunzip(&parts[0].data)).unwrap();
     assert!(text.ends_with('\n'));
@@ -261,6 +265,55 @@ fn stats_post_has_the_spec_shape() {
         !a.log().contains("t0k3n-secret"),
         "the token is never logged"
     );
+}
+
+/// Issue 16: what a server written for the C agent reads arrives at a real HTTP server with
+/// C's names, places and types: `archive.gz`, `device.created_at`, `dhcp.name` `"*"` from a
+/// real lease file, upper-case MACs in every list, `v` "5".
+#[test]
+fn stats_upload_is_a_superset_of_the_c_record() {
+    let b = Broker::start();
+    let api = Api::start(Some(200));
+    let leases = tempfile::tempdir().unwrap();
+    let lease_file = leases.path().join("dhcp.leases");
+    std::fs::write(
+        &lease_file,
+        include_str!("../fixtures/dhcp.leases-pihole-ipv6-duid"),
+    )
+    .unwrap();
+    let lf = lease_file.to_string_lossy().into_owned();
+    let a = start(&b, &api.url(), |c| c["lease_file"] = json!(lf));
+    api.wait("first upload", &a, |x| !x.accepted().is_empty());
+    let r = &api.srv.requests()[0];
+    let parts = wire::multipart_parts(r.header("content-type").unwrap(), &r.body);
+    assert_eq!(parts[0].name.as_deref(), Some("data"), "C's part name");
+    assert_eq!(
+        parts[0].filename.as_deref(),
+        Some("archive.gz"),
+        "C's filename"
+    );
+    let rec = &api.accepted()[0];
+    let dev = &rec["device"];
+    assert!(dev["created_at"].is_u64(), "C's device.created_at: {dev}");
+    assert_eq!(dev["created_at"], rec["created_at"]);
+    assert!(dev["online"].is_boolean());
+    assert_eq!(dev["v"], "5");
+    let dhcp = rec["dhcp"].as_array().unwrap();
+    assert_eq!(dhcp.len(), 15, "the IPv4 leases of the fixture");
+    assert!(dhcp.iter().any(|l| l["name"] == "*"), "`*` kept: {dhcp:?}");
+    let first = dhcp.iter().find(|l| l["ip"] == "192.168.1.164").unwrap();
+    assert_eq!(first["mac"], "5C:97:F3:C1:E6:E0");
+    assert_eq!(first["name"], "Joes-iPad");
+    for l in dhcp {
+        for k in ["mac", "ip", "name"] {
+            assert!(l[k].is_string(), "dhcp.{k} is a string: {l}");
+        }
+    }
+    for i in rec["interfaces"].as_array().unwrap() {
+        if let Some(m) = i["mac"].as_str() {
+            assert_eq!(m, m.to_ascii_uppercase(), "upper-case MAC: {i}");
+        }
+    }
 }
 
 #[test]
@@ -719,4 +772,47 @@ fn stats_ram_cache_survives_a_reboot_through_state_dir() {
         times.windows(2).all(|w| w[0] <= w[1]),
         "oldest first: {times:?}"
     );
+}
+
+#[test]
+fn stats_redirects_neither_crash_the_agent_nor_lose_records() {
+    // Issue 14: a 302 to file:///etc/shadow made ureq panic (the whole agent aborted every
+    // upload), and a 301 to another server turned the POST into a GET that was counted as
+    // sent. Now: neither is followed, records stay, jobs keep running; a 307 re-sends the
+    // same POST to the new place.
+    let b = Broker::start();
+    let other = Api::start(Some(200));
+    let srv = HttpServer::start(|_| Some((302, "file:///etc/shadow".into())));
+    let mut a = start(&b, &srv.url("/s"), |_| {});
+    let pid = a.pid();
+    wait_until(&a, "3 refused uploads", |_| srv.requests().len() >= 3);
+    assert_eq!(a.pid(), pid);
+    let p = a.run("alive", "echo still here");
+    assert_eq!(p["meta"]["msg"], "still here\n");
+    assert!(
+        a.log().contains("not followed: only http and https"),
+        "{}",
+        a.log()
+    );
+    let other_url = other.url();
+    srv.set_handler(move |_| Some((301, other_url.clone())));
+    let n = srv.requests().len();
+    wait_until(&a, "3 more refused uploads", |_| {
+        srv.requests().len() >= n + 3
+    });
+    assert!(
+        other.srv.requests().is_empty(),
+        "no GET to the other server"
+    );
+    assert!(spooled(&a) >= 3, "records stay cached");
+    // 307: the same POST, with its body, to the new place; then the backlog is delivered.
+    let other_url = other.url();
+    srv.set_handler(move |_| Some((307, other_url.clone())));
+    let during = cached_count(&a);
+    other.wait("backlog delivered through the 307", &a, |x| {
+        x.accepted().len() >= during
+    });
+    assert!(other.srv.requests().iter().all(|r| r.method == "POST"));
+    let (stored, accepted, left) = settle(&other, &mut a);
+    assert_eq!(stored, accepted + left, "{}", a.log());
 }

@@ -591,6 +591,44 @@ fn agent_update_refuses_a_binary_that_fails_version() {
     assert_eq!(ping["meta"]["success"], true);
 }
 
+#[test]
+fn agent_update_version_check_leaves_no_child_behind() {
+    // Issue 14: a new binary whose `--version` starts a child and then hangs: the check
+    // times out, and its whole process group goes, the child included.
+    let b = Broker::start();
+    let (a, exe, bytes) = agent_from_copy(&b);
+    let srv = Artifacts::start();
+    let pidfile = a.dir.path().join("child.pid");
+    let script = format!(
+        "#!/bin/sh\nsleep 60 &\necho $! > {}\necho 'socketman 9.9.9'\nsleep 60\n",
+        pidfile.display()
+    );
+    let (url, sum) = srv.put("/hangs", script.as_bytes());
+    let p = a.job(
+        "agent.update",
+        json!({"url": url, "sha256": sum, "version": "9.9.9"}),
+    );
+    assert_eq!(p["meta"]["success"], false, "{p}");
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{child}")).exists()
+        && std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the --version child {child} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(&exe).unwrap(), bytes);
+}
+
 fn marker(a: &Agent, exe: &Path, sha256: &str, extra: Value) -> PathBuf {
     let mut m = json!({"job_id": "self-9", "version": "9.9.9", "previous": env!("CARGO_PKG_VERSION"),
                        "path": exe, "at": now(), "sha256": sha256});

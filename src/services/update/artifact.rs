@@ -147,6 +147,25 @@ pub struct Download {
     pub size: u64,
 }
 
+/// A reader that fails once `deadline` has passed (each read itself is bounded by the stall
+/// timeout, so a trickle ends at most one stall after the deadline).
+struct Deadline<R> {
+    inner: R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the download took longer than its time limit",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Streams `reader` into a new temporary file in `dir` (mode 0600), hashing as it goes;
 /// stops with [`UpdateError::TooLarge`] beyond `max` bytes. The file is synced.
 pub fn save_stream(
@@ -196,7 +215,8 @@ pub fn save_stream(
 }
 
 /// GETs `url` (HTTP or HTTPS, `cacrt`/`insecure` from `cfg`) into a temporary file in `dir`,
-/// at most `max` bytes within `timeout`.
+/// at most `max` bytes within `timeout`; given up when no byte came for
+/// [`crate::http::STALL_TIMEOUT`] (or `timeout`, when shorter).
 pub fn download(
     cfg: &Config,
     url: &str,
@@ -204,24 +224,26 @@ pub fn download(
     max: u64,
     timeout: Duration,
 ) -> Result<Download, UpdateError> {
+    download_with(cfg, url, dir, max, timeout, crate::http::STALL_TIMEOUT)
+}
+
+/// [`download`] with the stall limit given.
+fn download_with(
+    cfg: &Config,
+    url: &str,
+    dir: &Path,
+    max: u64,
+    timeout: Duration,
+    stall: Duration,
+) -> Result<Download, UpdateError> {
     let shown = crate::http::redact(url);
     log::info!("downloading {shown} into {}", dir.display());
-    let agent = crate::http::agent(cfg, timeout);
-    let resp = match agent.get(url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            return Err(UpdateError::Download {
-                url: shown,
-                detail: format!("HTTP {code} {}", r.status_text()),
-            })
-        }
-        Err(ureq::Error::Transport(t)) => {
-            return Err(UpdateError::Download {
-                url: shown,
-                detail: t.to_string(),
-            })
-        }
-    };
+    let deadline = Instant::now() + timeout;
+    let client = crate::http::Client::for_download(cfg, timeout.min(stall));
+    let resp = client.get(url).map_err(|e| UpdateError::Download {
+        url: shown.clone(),
+        detail: e.to_string(),
+    })?;
     if let Some(len) = resp
         .header("Content-Length")
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -233,7 +255,10 @@ pub fn download(
             });
         }
     }
-    let mut body = resp.into_reader();
+    let mut body = Deadline {
+        inner: resp.into_reader(),
+        deadline,
+    };
     let d = save_stream(&mut body, dir, max, url)?;
     log::info!("downloaded {shown}: {} bytes, sha256 {}", d.size, d.sha256);
     Ok(d)
@@ -282,4 +307,66 @@ pub fn is_tar_gz(url: &str) -> bool {
         .unwrap_or("")
         .to_ascii_lowercase();
     path.ends_with(".tar.gz") || path.ends_with(".tgz")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A server that sends a 200 head announcing 1000 bytes, then `bytes` one at a time,
+    /// `gap` apart, then holds the connection.
+    fn slow_server(bytes: usize, gap: Duration) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+                for _ in 0..bytes {
+                    if s.write_all(b"x").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(gap);
+                }
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        });
+        format!("http://127.0.0.1:{port}/a.tar.gz")
+    }
+
+    #[test]
+    fn a_stalled_or_trickling_download_ends_at_its_limits() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        // Stalls after 2 bytes: ended by the 1 s stall limit, long before the 60 s total.
+        let t = Instant::now();
+        let e = download_with(
+            &cfg,
+            &slow_server(2, Duration::ZERO),
+            d.path(),
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(e, UpdateError::Download { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        // A byte every 200 ms never stalls, but the total limit ends it.
+        let t = Instant::now();
+        let e = download_with(
+            &cfg,
+            &slow_server(1000, Duration::from_millis(200)),
+            d.path(),
+            1 << 20,
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("time limit"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        // Nothing left behind in the directory.
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    }
 }

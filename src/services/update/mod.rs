@@ -622,6 +622,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn world_writable_entries_are_unpacked_without_group_or_other_write() {
+        let bytes = targz(&[E::File("open", b"x", 0o666), E::File("run", b"x", 0o777)]);
+        let (root, r) = unpack_bytes(&bytes);
+        assert_eq!(r.unwrap(), 2);
+        let d = root.path().join("sub/dest");
+        let mode = |n: &str| fs::metadata(d.join(n)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("open"), 0o644);
+        assert_eq!(mode("run"), 0o755);
+    }
+
     fn refused(entries: &[E], why: &str) {
         let (root, r) = unpack_bytes(&targz(entries));
         let e = r.unwrap_err().to_string();

@@ -42,6 +42,8 @@ pub fn unpack_tar_gz(archive: &Path, dest: &Path) -> Result<usize, UpdateError> 
     let f = File::open(archive).map_err(io_err(archive))?;
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(f)));
     ar.set_preserve_permissions(false);
+    // Never group- or world-writable, whatever the archive says (a 0666 file stays 0644).
+    ar.set_mask(0o022);
     ar.set_preserve_ownerships(false);
     ar.set_overwrite(false);
     let entries = ar

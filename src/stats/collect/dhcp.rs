@@ -4,8 +4,9 @@
 //! Line format: `<expiry> <mac> <ip> <hostname|*> <client-id|*>`. `expires` is the first
 //! field as written (an epoch, or on some firmware a relative time; not interpreted). A
 //! `duid <server-duid>` line starts dnsmasq's DHCPv6 section, whose second field is an IAID,
-//! not a MAC: those lines are skipped. Hostname `*` gives `"name": null`. Missing file: empty
-//! list; malformed lines are skipped.
+//! not a MAC: those lines are skipped. `name` is the hostname field as the lease file has it,
+//! `"*"` included (dnsmasq's "no name"), as the C agent sends it; `mac` is upper case like every
+//! MAC in a record. Missing file: empty list; malformed lines are skipped.
 #![forbid(unsafe_code)]
 
 use serde_json::{json, Value};
@@ -17,7 +18,8 @@ use std::path::Path;
 pub struct Lease {
     pub mac: String,
     pub ip: String,
-    pub name: Option<String>,
+    /// As written, `*` for none.
+    pub name: String,
     pub expires: u64,
 }
 
@@ -60,9 +62,9 @@ pub fn parse(text: &str) -> Vec<Lease> {
             continue;
         };
         out.push(Lease {
-            mac: f[1].to_ascii_lowercase(),
+            mac: f[1].to_ascii_uppercase(),
             ip: ip.to_string(),
-            name: (f[3] != "*").then(|| f[3].to_string()),
+            name: f[3].to_string(),
             expires,
         });
     }
@@ -87,14 +89,19 @@ mod tests {
         assert_eq!(
             l[0],
             Lease {
-                mac: "5c:97:f3:c1:e6:e0".into(),
+                mac: "5C:97:F3:C1:E6:E0".into(),
                 ip: "192.168.1.164".into(),
-                name: Some("Joes-iPad".into()),
+                name: "Joes-iPad".into(),
                 expires: 1604612357
             }
         );
         assert!(l.iter().all(|x| x.ip.contains('.')), "no DHCPv6 lines");
-        assert!(l.iter().any(|x| x.name.is_none()), "`*` hostname is null");
+        assert!(
+            l.iter().any(|x| x.name == "*"),
+            "`*` hostname kept as C sends it"
+        );
+        let j = l.iter().find(|x| x.name == "*").unwrap().to_json();
+        assert_eq!(j["name"], "*", "a string, not null");
     }
 
     #[test]
@@ -102,10 +109,10 @@ mod tests {
         assert_eq!(parse(fx!("dhcp.leases-openwisp-1")).len(), 1);
         let irr = parse(fx!("dhcp.leases-openwisp-irregular"));
         assert_eq!(irr.len(), 1);
-        assert_eq!(irr[0].name, None);
+        assert_eq!(irr[0].name, "*");
         assert_eq!(
-            parse(fx!("dhcp.leases-openwrt-tessel2"))[0].name.as_deref(),
-            Some("android-72d96d29a805b447")
+            parse(fx!("dhcp.leases-openwrt-tessel2"))[0].name,
+            "android-72d96d29a805b447"
         );
         let old = parse(fx!("dhcp.leases-openwrt-hotspot-2000clock"));
         assert!(old.len() >= 3 && old[0].expires == 946914517);
@@ -116,8 +123,8 @@ mod tests {
         let lede = parse(fx!("dhcp.leases-lede-minstrel-3lines"));
         assert_eq!(lede.len(), 3);
         assert_eq!(
-            (lede[0].name.clone(), lede[1].name.as_deref()),
-            (None, Some("apfel"))
+            (lede[0].name.as_str(), lede[1].name.as_str()),
+            ("*", "apfel")
         );
     }
 

@@ -100,7 +100,8 @@ pub fn read(root: &Path, v4: &[(String, std::net::Ipv4Addr, u8)]) -> Vec<Interfa
                     .map(|(_, a)| a.clone()),
             );
             Interface {
-                mac: read_trim(&dir.join("address")),
+                // Upper case, the C agent's form for every MAC in a record.
+                mac: read_trim(&dir.join("address")).map(|m| m.to_ascii_uppercase()),
                 up,
                 mtu: read_u64(&dir.join("mtu")),
                 rx_bytes: counter(root, &name, "rx_bytes"),
@@ -186,6 +187,8 @@ mod tests {
         let e = &ifs[0];
         assert_eq!(e.name, "eth0");
         assert_eq!(e.mac.as_deref(), Some("52:54:00:12:34:56"));
+        fs::write(eth.join("address"), "ae:d0:e6:3c:90:ec\n").unwrap();
+        assert_eq!(read(root, &v4)[0].mac.as_deref(), Some("AE:D0:E6:3C:90:EC"));
         assert!(e.up);
         assert_eq!(e.mtu, Some(1500));
         assert_eq!(e.rx_bytes, Some(15062972181));

@@ -4,7 +4,8 @@
 //! It shares the [`crate::stats::upload::Stats`] handle (spool + upload trigger) with the
 //! uploader and reads the monitor's [`NetStatus`] watch.
 //!
-//! `device.connected` is the number of associated wireless stations in the same record
+//! `device.created_at` is the top-level `created_at` again (where the C agent put it);
+//! `device.online` is the C agent's flag, `status > 1`. `device.connected` is the number of associated wireless stations in the same record
 //! (`stations.len()`), 0 without wireless. `device.status` is the monitor's CODE (SPEC §6)
 //! when known; until the monitor has run, the route part only: 1 with a default route, else 0.
 //!
@@ -62,10 +63,12 @@ pub fn collect_with(
     let status = net
         .code
         .unwrap_or(if wan.has_default_route() { 1 } else { 0 });
+    let created_at = crate::proto::now();
     json!({
-        "created_at": crate::proto::now(),
+        "created_at": created_at,
         "device": {
             "v": "5",
+            "created_at": created_at,
             "mac": mac,
             "machine_type": crate::platform::identity::machine_type(root),
             "firmware": crate::platform::identity::firmware(root),
@@ -82,6 +85,7 @@ pub fn collect_with(
             "tx_bytes": wan.tx_bytes,
             "rx_bytes": wan.rx_bytes,
             "status": status,
+            "online": status > 1,
             "connected": wl.stations.len(),
             "dropped": dropped,
             "smv": crate::VERSION,
@@ -168,7 +172,41 @@ mod tests {
         "connected",
         "dropped",
         "smv",
+        "created_at",
+        "online",
     ];
+
+    /// Issue 16, row 6: `dhcp` in a whole record keeps the lease file's `*` and has C's MACs.
+    #[test]
+    fn dhcp_in_the_record_as_c() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tmp")).unwrap();
+        std::fs::write(
+            d.path().join("tmp/dhcp.leases"),
+            include_str!("../../../tests/fixtures/dhcp.leases-lede-minstrel-3lines"),
+        )
+        .unwrap();
+        let r = collect_with(
+            &Config::default(),
+            "m",
+            &NetStatus::default(),
+            0,
+            d.path(),
+            &[],
+            &NoTools,
+        );
+        let l = r["dhcp"].as_array().unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[0]["name"], "*", "kept as the lease file has it");
+        assert_eq!(l[1]["name"], "apfel");
+        for x in l {
+            for k in ["mac", "ip", "name"] {
+                assert!(x[k].is_string(), "{k}: {x}");
+            }
+            let m = x["mac"].as_str().unwrap();
+            assert_eq!(m, m.to_ascii_uppercase());
+        }
+    }
 
     #[test]
     fn record_shape_on_empty_root() {
@@ -185,6 +223,10 @@ mod tests {
         );
         assert!(r["created_at"].as_u64().unwrap() > 1_600_000_000);
         let dev = &r["device"];
+        // Issue 16, row 2: the C agent's `device.created_at`, the same value as the top level.
+        assert_eq!(dev["created_at"], r["created_at"]);
+        assert!(dev["created_at"].is_u64());
+        assert_eq!(dev["online"], false, "C's `online`: CODE > 1");
         for k in DEVICE_KEYS {
             assert!(dev.get(*k).is_some(), "device.{k}");
         }
@@ -218,6 +260,7 @@ mod tests {
         };
         let r = collect_with(&cfg, "m", &net, 0, d.path(), &[], &NoTools);
         assert_eq!(r["device"]["status"], 9);
+        assert_eq!(r["device"]["online"], true);
     }
 
     #[test]

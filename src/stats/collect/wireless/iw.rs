@@ -91,7 +91,7 @@ pub fn parse_iw_link(text: &str) -> Option<Link> {
     let mut lines = text.lines();
     let first = lines.next()?.trim();
     let rest = first.strip_prefix("Connected to ")?;
-    let bssid = rest.split_whitespace().next()?.to_ascii_lowercase();
+    let bssid = super::mac_upper(rest.split_whitespace().next()?);
     let mut l = Link {
         bssid,
         ..Default::default()
@@ -109,6 +109,42 @@ pub fn parse_iw_link(text: &str) -> Option<Link> {
     Some(l)
 }
 
+fn yes_no(v: &str) -> Option<bool> {
+    match v.split_whitespace().next()? {
+        "yes" => Some(true),
+        "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// `short`/`long` → the C agent's 1/2.
+pub(super) fn preamble(v: &str) -> Option<u8> {
+    match v.split_whitespace().next()? {
+        "short" => Some(1),
+        "long" => Some(2),
+        _ => None,
+    }
+}
+
+/// The HT MCS index of a rate line (`130.0 MBit/s MCS 14 short GI` → 14). `VHT-MCS 9`,
+/// `HE-MCS 11`, `EHT-MCS 13` are other attributes in nl80211 and give `None`.
+fn ht_mcs(v: &str) -> Option<u64> {
+    let w: Vec<&str> = v.split_whitespace().collect();
+    w.iter()
+        .position(|x| *x == "MCS")
+        .and_then(|i| w.get(i + 1))
+        .and_then(|n| n.parse().ok())
+}
+
+/// iw's `expected throughput:\t%u.%uMbps` (kbit/s / 1000 and kbit/s % 1000, the remainder
+/// not zero-padded) → kbit/s: `25.882Mbps` → 25882, `30.29Mbps` → 30029.
+fn expected_kbps(v: &str) -> Option<u64> {
+    let n = v.trim().strip_suffix("Mbps")?.trim();
+    let (a, b) = n.split_once('.').unwrap_or((n, "0"));
+    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+    (b < 1000).then(|| a * 1000 + b)
+}
+
 /// `iw dev X station dump` (or `station get`) output. Field order does not matter.
 pub fn parse_station_dump(text: &str) -> Vec<Station> {
     let mut out: Vec<Station> = Vec::new();
@@ -124,7 +160,7 @@ pub fn parse_station_dump(text: &str) -> Vec<Station> {
                 .to_string();
             out.push(Station {
                 interface: iface,
-                mac: mac.to_ascii_lowercase(),
+                mac: super::mac_upper(mac),
                 ..Default::default()
             });
             continue;
@@ -137,10 +173,28 @@ pub fn parse_station_dump(text: &str) -> Vec<Station> {
             "tx bytes" => s.tx_bytes = first_num(v),
             "rx packets" => s.rx_packets = first_num(v),
             "tx packets" => s.tx_packets = first_num(v),
+            "tx retries" => s.tx_retries = first_num(v),
+            "tx failed" => s.tx_failed = first_num(v),
+            "beacon loss" => s.beacon_loss = first_num(v),
+            "beacon rx" => s.beacon_rx = first_num(v),
             "signal" => s.signal = first_int(v),
-            "tx bitrate" => s.tx_bitrate = first_num(v),
+            "signal avg" => s.signal_avg = first_int(v),
+            "beacon signal avg" => s.beacon_signal_avg = first_int(v),
+            "Toffset" => s.t_offset = first_num(v),
+            "tx bitrate" => {
+                s.tx_bitrate = first_num(v);
+                s.mcs = ht_mcs(v);
+            }
             "rx bitrate" => s.rx_bitrate = first_num(v),
+            "expected throughput" => s.expected_tput_kbps = expected_kbps(v),
             "connected time" => s.conn_time = first_num(v),
+            "authorized" => s.authorized = yes_no(v),
+            "authenticated" => s.authenticated = yes_no(v),
+            "associated" => s.associated = yes_no(v),
+            "WMM/WME" => s.wmm = yes_no(v),
+            "MFP" => s.mfp = yes_no(v),
+            "TDLS peer" => s.tdls = yes_no(v),
+            "preamble" => s.preamble = preamble(v),
             _ => {}
         }
     }
@@ -171,12 +225,60 @@ pub(super) fn encryption_label(
     if protos.is_empty() {
         return if privacy { "WEP".into() } else { "none".into() };
     }
-    let auth: Vec<&str> = suites.iter().map(String::as_str).collect();
+    let auth = suites_in_c_order(suites);
     if auth.is_empty() {
         protos.join("/")
     } else {
         format!("{} {}", protos.join("/"), auth.join("/"))
     }
+}
+
+/// Authentication suites in the C agent's order (`PSK`, `802.1X`), then the ones it did
+/// not know (`SAE`, `FT/PSK`, …) alphabetically.
+pub(super) fn suites_in_c_order(suites: &BTreeSet<String>) -> Vec<&str> {
+    let known = ["PSK", "802.1X"];
+    let mut v: Vec<&str> = known
+        .iter()
+        .copied()
+        .filter(|k| suites.contains(*k))
+        .collect();
+    v.extend(
+        suites
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !known.contains(s)),
+    );
+    v
+}
+
+/// `iw`/iwinfo cipher names → the C agent's (`ccmp` → `CCMP`, `wep-40` → `WEP-40`).
+pub(super) fn cipher_name(s: &str) -> String {
+    s.trim().to_ascii_uppercase()
+}
+
+/// The C agent's encryption string: the label, then the union of pairwise and group
+/// ciphers in parentheses, in C's order (WEP-40, WEP-104, TKIP, CCMP, WRAP, AES-OCB, CKIP;
+/// others such as GCMP after, alphabetically): `WPA2 PSK (CCMP)`, `WPA/WPA2 PSK (TKIP, CCMP)`.
+/// `none` stays `none`; a label without known ciphers has no parentheses.
+pub(super) fn with_ciphers(label: String, ciphers: &BTreeSet<String>) -> String {
+    if label == "none" || ciphers.is_empty() {
+        return label;
+    }
+    let order = [
+        "WEP-40", "WEP-104", "TKIP", "CCMP", "WRAP", "AES-OCB", "CKIP",
+    ];
+    let mut v: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|c| ciphers.contains(*c))
+        .collect();
+    v.extend(
+        ciphers
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !order.contains(c)),
+    );
+    format!("{label} ({})", v.join(", "))
 }
 
 pub(super) fn suite_name(s: &str) -> String {
@@ -198,6 +300,7 @@ pub fn parse_iw_scan(text: &str) -> Vec<Bss> {
         privacy: bool,
         suites: BTreeSet<String>,
         rsn_suites: BTreeSet<String>,
+        ciphers: BTreeSet<String>,
     }
     fn finish(a: Acc) -> Bss {
         let mut b = a.bss;
@@ -205,7 +308,8 @@ pub fn parse_iw_scan(text: &str) -> Vec<Bss> {
             b.channel = b.frequency.and_then(freq_to_channel);
         }
         let sae_only = !a.rsn_suites.is_empty() && a.rsn_suites.iter().all(|s| s == "SAE");
-        b.encryption = encryption_label(a.wpa1, a.rsn, sae_only, &a.suites, a.privacy);
+        let label = encryption_label(a.wpa1, a.rsn, sae_only, &a.suites, a.privacy);
+        b.encryption = with_ciphers(label, &a.ciphers);
         b
     }
     let mut out = Vec::new();
@@ -223,7 +327,7 @@ pub fn parse_iw_scan(text: &str) -> Vec<Bss> {
             if mac.len() == 17 {
                 cur = Some(Acc {
                     bss: Bss {
-                        mac: mac.to_ascii_lowercase(),
+                        mac: super::mac_upper(&mac),
                         ..Default::default()
                     },
                     ..Default::default()
@@ -265,6 +369,11 @@ pub fn parse_iw_scan(text: &str) -> Vec<Bss> {
         }
     }
     fn section_item(a: &mut Acc, section: &str, k: &str, v: &str) {
+        if (section == "RSN" || section == "WPA")
+            && (k == "Group cipher" || k == "Pairwise ciphers")
+        {
+            a.ciphers.extend(v.split_whitespace().map(cipher_name));
+        }
         if (section == "RSN" || section == "WPA") && k == "Authentication suites" {
             let names: Vec<String> = split_suites(v);
             for n in names {

@@ -2,8 +2,8 @@
 //! `assoclist`, `scan`, `devices`. Pure but for [`ubus_info`], which runs the call.
 #![forbid(unsafe_code)]
 
-use super::iw::suite_name;
-use super::{freq_to_channel, Bss, Station, Tools, TOOL_TIMEOUT};
+use super::iw::{cipher_name, preamble, suite_name, suites_in_c_order, with_ciphers};
+use super::{freq_to_channel, mac_upper, Bss, Station, Tools, TOOL_TIMEOUT};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -17,7 +17,8 @@ pub struct UbusInfo {
     pub tx_power: Option<f64>,
     pub signal: Option<i64>,
     pub noise: Option<i64>,
-    pub bitrate: Option<f64>,
+    /// kbit/s, as iwinfo gives it.
+    pub bitrate_kbps: Option<u64>,
     pub quality: Option<i64>,
     pub quality_max: Option<i64>,
 }
@@ -34,6 +35,9 @@ fn ji64(v: &Value, k: &str) -> Option<i64> {
 fn ju64(v: &Value, k: &str) -> Option<u64> {
     v.get(k)?.as_u64()
 }
+fn jbool(v: &Value, k: &str) -> Option<bool> {
+    v.get(k)?.as_bool()
+}
 /// iwinfo rates are kbit/s; the record uses Mbit/s.
 fn kbit_to_mbit(v: &Value, k: &str) -> Option<f64> {
     v.get(k)?.as_f64().map(|r| r / 1000.0)
@@ -47,13 +51,13 @@ pub fn parse_ubus_info(text: &str) -> Option<UbusInfo> {
     }
     Some(UbusInfo {
         ssid: jstr(&v, "ssid"),
-        bssid: jstr(&v, "bssid").map(|b| b.to_ascii_lowercase()),
+        bssid: jstr(&v, "bssid").map(|b| mac_upper(&b)),
         channel: ju32(&v, "channel"),
         frequency: ju32(&v, "frequency"),
         tx_power: v.get("txpower").and_then(Value::as_f64),
         signal: ji64(&v, "signal"),
         noise: ji64(&v, "noise").filter(|n| *n != 0),
-        bitrate: kbit_to_mbit(&v, "bitrate"),
+        bitrate_kbps: ju64(&v, "bitrate"),
         quality: ji64(&v, "quality"),
         quality_max: ji64(&v, "quality_max"),
     })
@@ -69,7 +73,7 @@ pub fn parse_ubus_assoclist(text: &str, interface: &str) -> Vec<Station> {
     };
     list.iter()
         .filter_map(|s| {
-            let mac = jstr(s, "mac")?.to_ascii_lowercase();
+            let mac = mac_upper(&jstr(s, "mac")?);
             let rx = s.get("rx").cloned().unwrap_or(Value::Null);
             let tx = s.get("tx").cloned().unwrap_or(Value::Null);
             Some(Station {
@@ -80,10 +84,24 @@ pub fn parse_ubus_assoclist(text: &str, interface: &str) -> Vec<Station> {
                 tx_bytes: ju64(&tx, "bytes"),
                 rx_packets: ju64(&rx, "packets"),
                 tx_packets: ju64(&tx, "packets"),
+                tx_retries: ju64(&tx, "retries"),
+                tx_failed: ju64(&tx, "failed"),
+                signal_avg: ji64(s, "signal_avg"),
                 inactive_time: ju64(s, "inactive"),
                 conn_time: ju64(s, "connected_time"),
                 tx_bitrate: kbit_to_mbit(&tx, "rate"),
                 rx_bitrate: kbit_to_mbit(&rx, "rate"),
+                // iwinfo's `mcs` is HT, VHT or HE; only the HT one is nl80211's MCS.
+                mcs: ju64(&tx, "mcs").filter(|_| jbool(&tx, "ht") == Some(true)),
+                expected_tput_kbps: ju64(s, "thr"),
+                authorized: jbool(s, "authorized"),
+                authenticated: jbool(s, "authenticated"),
+                associated: jbool(s, "associated"),
+                wmm: jbool(s, "wme"),
+                mfp: jbool(s, "mfp"),
+                tdls: jbool(s, "tdls"),
+                preamble: jstr(s, "preamble").and_then(|p| preamble(&p)),
+                ..Default::default()
             })
         })
         .collect()
@@ -99,7 +117,7 @@ pub fn parse_ubus_scan(text: &str) -> Vec<Bss> {
     };
     list.iter()
         .filter_map(|b| {
-            let mac = jstr(b, "bssid")?.to_ascii_lowercase();
+            let mac = mac_upper(&jstr(b, "bssid")?);
             let enc = b.get("encryption").cloned().unwrap_or(Value::Null);
             let enabled = enc.get("enabled").and_then(Value::as_bool).unwrap_or(false);
             let versions: Vec<u64> = enc
@@ -111,6 +129,16 @@ pub fn parse_ubus_scan(text: &str) -> Vec<Bss> {
                 .get("authentication")
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).map(suite_name).collect())
+                .unwrap_or_default();
+            let ciphers: BTreeSet<String> = enc
+                .get("ciphers")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(cipher_name)
+                        .collect()
+                })
                 .unwrap_or_default();
             let encryption = if !enabled {
                 "none".to_string()
@@ -127,13 +155,14 @@ pub fn parse_ubus_scan(text: &str) -> Vec<Bss> {
                         }
                     })
                     .collect();
-                let auth: Vec<&str> = suites.iter().map(String::as_str).collect();
+                let auth = suites_in_c_order(&suites);
                 if auth.is_empty() {
                     protos.join("/")
                 } else {
                     format!("{} {}", protos.join("/"), auth.join("/"))
                 }
             };
+            let encryption = with_ciphers(encryption, &ciphers);
             let frequency = ju32(b, "mhz");
             Some(Bss {
                 mac,
@@ -143,6 +172,8 @@ pub fn parse_ubus_scan(text: &str) -> Vec<Bss> {
                 signal: ji64(b, "signal"),
                 encryption,
                 last_seen: None,
+                quality: ji64(b, "quality"),
+                quality_max: ji64(b, "quality_max"),
             })
         })
         .collect()
