@@ -285,17 +285,18 @@ pub fn parse(payload: &[u8], cfg: &Config, now: u64) -> Result<Job, Rejection> {
                 ))
             }
             Some(t) => {
-                let age = now as i64 - t;
+                // Saturating: an outside timestamp near i64::MIN must not wrap (found by fuzz/job).
+                let age = (now as i64).saturating_sub(t);
                 if age > cfg.job_max_age as i64 {
                     return Err(reject(
                         ErrorCode::Expired,
                         format!("job is {age} s old, over job_max_age {} s", cfg.job_max_age),
                     ));
                 }
-                if -age > cfg.job_max_age as i64 {
+                if age.saturating_neg() > cfg.job_max_age as i64 {
                     return Err(reject(
                         ErrorCode::Expired,
-                        format!("timestamp is {} s in the future", -age),
+                        format!("timestamp is {} s in the future", age.saturating_neg()),
                     ));
                 }
             }
@@ -547,6 +548,27 @@ mod tests {
         assert_eq!(
             sign("key", "The quick brown fox jumps over the lazy dog"),
             "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_expired_without_wrapping() {
+        let mut c = cfg();
+        c.job_max_age = 600;
+        let now = 1_700_000_000u64;
+        for ts in ["-9223372036854775808", "-1e308", "\"-9223372036854775808\""] {
+            let p = format!(r#"{{"id":"a","timestamp":{ts},"meta":{{"msg":"x"}}}}"#);
+            let r = rej(p.as_bytes(), &c);
+            assert_eq!(r.code, ErrorCode::Expired, "{ts}");
+            assert_eq!(
+                r.detail, "job is 9223372036854775807 s old, over job_max_age 600 s",
+                "{ts}"
+            );
+        }
+        let p = br#"{"id":"a","timestamp":9223372036854775807,"meta":{"msg":"x"}}"#;
+        assert_eq!(
+            rej(p, &c).detail,
+            format!("timestamp is {} s in the future", i64::MAX - now as i64)
         );
     }
 }
