@@ -75,11 +75,21 @@ pub fn check_entry(
             if target.is_absolute() {
                 return Err(unsafe_entry("symlink to an absolute path"));
             }
+            // Every `..` must come before the first name: a name may be another symlink of
+            // the archive (in any order), and `..` after it climbs from where that one
+            // points, not lexically (`a -> .`, `b -> a/..` is dest's parent; found by fuzz).
             let mut at: Vec<String> = parts[..parts.len() - 1].to_vec();
+            let mut named = false;
             for c in target.components() {
                 match c {
-                    Component::Normal(s) => at.push(s.to_string_lossy().into_owned()),
+                    Component::Normal(s) => {
+                        named = true;
+                        at.push(s.to_string_lossy().into_owned())
+                    }
                     Component::CurDir => {}
+                    Component::ParentDir if named => {
+                        return Err(unsafe_entry("symlink target has '..' after a name"));
+                    }
                     Component::ParentDir => {
                         if at.pop().is_none() {
                             return Err(unsafe_entry("symlink points outside the directory"));
@@ -267,6 +277,28 @@ mod tests {
         assert_eq!(
             check("s", T::Symlink, None, &mut links),
             Err("link without a target".into())
+        );
+    }
+
+    #[test]
+    fn symlink_chains_cannot_climb_out() {
+        // `l2 -> l1/..` with `l1 -> .` is dest's parent on disk although it looks inside.
+        let mut links = Vec::new();
+        assert_eq!(check("l1", T::Symlink, Some("."), &mut links), Ok(true));
+        assert_eq!(
+            check("l2", T::Symlink, Some("l1/.."), &mut links),
+            Err("symlink target has '..' after a name".into())
+        );
+        // The same in the other order, before l1 exists.
+        let mut links = Vec::new();
+        assert_eq!(
+            check("l2", T::Symlink, Some("x/../y"), &mut links),
+            Err("symlink target has '..' after a name".into())
+        );
+        // Leading `..` (resolved through the real directories of the link) stays allowed.
+        assert_eq!(
+            check("a/b/l", T::Symlink, Some("./../../c/d"), &mut links),
+            Ok(true)
         );
     }
 
