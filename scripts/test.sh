@@ -3,6 +3,7 @@
 # clippy -D warnings, every test (unit + integration against a real mosquitto), and — unless
 # SKIP_STATIC=1 — the static musl builds with their qemu round trip and the check that the
 # release binaries carry no test hooks (`strings`: no SOCKETMAN_TEST, scripts/ci-static.sh).
+# With nightly installed it also builds the fuzz targets (FUZZ=1: runs each for 60 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,21 @@ echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked -- --test-threads="${TEST_THREADS:-4}"
+
+# Fuzz targets (fuzz/, docs/SECURITY.md "Fuzzing"): always built when nightly is installed;
+# FUZZ=1 also runs each one for FUZZ_SECONDS (60) on the committed corpus and the fixtures.
+# rustup, not `cargo +nightly`: a missing toolchain must not be installed on the fly.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  if [ "${FUZZ:-0}" = 1 ]; then
+    echo "== fuzz targets: build and run ${FUZZ_SECONDS:-60} s each (scripts/fuzz.sh)"
+    scripts/fuzz.sh run "${FUZZ_SECONDS:-60}"
+  else
+    echo "== fuzz targets: build (scripts/fuzz.sh; FUZZ=1 also runs them)"
+    scripts/fuzz.sh build
+  fi
+else
+  echo "== fuzz targets: skipped, the nightly toolchain is not installed"
+fi
 
 if [ "${SKIP_STATIC:-0}" != 1 ] && [ -x scripts/ci-static.sh ]; then
   echo "== static builds and qemu round trip"

@@ -720,7 +720,8 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
     let monitor = r.int_in(&["monitor"], d.monitor as i64, 15, 86_400)? as u64;
     let heartbeat = r.int_in(
         &["heartbeat", "sleep"],
-        d.heartbeat as i64,
+        // SPEC §2: min `monitor` holds for the default too (found by fuzz/config).
+        d.heartbeat.max(monitor) as i64,
         monitor as i64,
         3600.max(monitor as i64),
     )? as u64;
@@ -1286,6 +1287,7 @@ mod tests {
         assert!(notes(r#""monitor":5"#)[0].contains("monitor"));
         assert_eq!(ok(r#""heartbeat":5"#).heartbeat, 15);
         assert_eq!(ok(r#""monitor":30,"heartbeat":20"#).heartbeat, 30);
+        assert_eq!(ok(r#""monitor":97"#).heartbeat, 97);
         assert_eq!(ok(r#""heartbeat":99999"#).heartbeat, 3600);
         assert_eq!(ok(r#""sleep":90"#).heartbeat, 90);
         assert_eq!(ok(r#""ping-interval":3"#).ping_interval, 30);
