@@ -558,6 +558,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mac",
     "mac_file",
     "mqtt_host",
+    "mqtt_hosts",
     "port",
     "tls",
     "cacrt",
@@ -650,18 +651,30 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
     };
     let topic = r.opt_string(&["topic"])?.ok_or_else(|| missing("topic"))?;
     let key = r.opt_string(&["key"])?.ok_or_else(|| missing("key"))?;
-    let mqtt_hosts: Vec<String> = match r.get(&["mqtt_host"]) {
+    // `mqtt_hosts` is the list as the effective config (`--check-config`, `agent.config`)
+    // prints it beside `mqtt_host` (its first entry); read back, the list wins.
+    let hosts_key = if r.get(&["mqtt_hosts"]).is_some() {
+        "mqtt_hosts"
+    } else {
+        "mqtt_host"
+    };
+    let mqtt_hosts: Vec<String> = match r.get(&[hosts_key]) {
         Some((_, Value::Array(_))) => r
-            .string_list(&["mqtt_host"])?
+            .string_list(&[hosts_key])?
             .unwrap_or_default()
             .into_iter()
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .collect(),
-        _ => r.opt_string(&["mqtt_host"])?.into_iter().collect(),
+        _ => r
+            .opt_string(&[hosts_key])?
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .into_iter()
+            .collect(),
     };
     for h in &mqtt_hosts {
-        split_host_port(h).map_err(|msg| r.err("mqtt_host", msg))?;
+        split_host_port(h).map_err(|msg| r.err(hosts_key, msg))?;
     }
     let mqtt_host = mqtt_hosts
         .first()
@@ -1118,6 +1131,19 @@ fn parse_services(r: &Reader<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_config_reads_back_with_every_broker() {
+        let (c, _) = parse(
+            r#"{"topic":"t","key":"k","mqtt_host":["a.example:1884","[::1]:1999","b"]}"#,
+            "c.json",
+        )
+        .unwrap();
+        let again = serde_json::to_string(&c).unwrap();
+        let (c2, _) = parse(&again, "again.json").unwrap();
+        assert_eq!(c2.mqtt_hosts, c.mqtt_hosts);
+        assert_eq!(c2, c);
+    }
 
     #[test]
     fn a_fifo_a_directory_or_a_huge_file_is_an_error_not_a_hang() {
