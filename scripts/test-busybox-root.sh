@@ -201,11 +201,12 @@ def want(what, got, exp):
 want("machine_type", d.get("machine_type"), "Raspberry Pi 3 Model B Plus Rev 1.3")
 want("firmware", d.get("firmware"), "r23633-c7b6cfac40")
 want("dhcp", [(x.get("mac"), x.get("ip"), x.get("name")) for x in r.get("dhcp", [])],
-     [("5c:a8:6a:f4:e8:ee", "192.168.1.158", "android-72d96d29a805b447")])
+     [("5C:A8:6A:F4:E8:EE", "192.168.1.158", "android-72d96d29a805b447")])
 want("ssids", sorted((x.get("interface"), x.get("ssid"), x.get("channel")) for x in r.get("ssids", [])),
      [("phy0-ap0", "AltheaHome-5", 149), ("phy1-ap0", "AltheaHome-2.4", 1), ("phy2-ap0", "AltheaHome-5", 36)])
 want("ssid noise from ubus", sorted({x.get("noise") for x in r.get("ssids", [])}), [-83])
-macs = [l.split()[1] for l in open(sys.argv[1].rsplit("/", 1)[0] + "/root/fx/station-dump") if l.startswith("Station ")]
+# MACs upper case, as the C SocketMan sends them (issue 16).
+macs = [l.split()[1].upper() for l in open(sys.argv[1].rsplit("/", 1)[0] + "/root/fx/station-dump") if l.startswith("Station ")]
 want("stations", sorted(x.get("mac") for x in r.get("stations", [])), sorted(macs))
 want("station ssid", sorted({x.get("ssid") for x in r.get("stations", [])}), ["AltheaHome-2.4"])
 for b in bad: print("  " + b, file=sys.stderr)

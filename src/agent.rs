@@ -100,11 +100,23 @@ fn setup_ca_bundle() {
 }
 
 /// True when going from `old` to `new` changes what only a fresh start can apply: the MQTT
-/// connection (host, port, TLS, CA, credentials, topic, key, MAC), `job_workers`,
+/// connection (hosts, port, TLS, CA, client certificate and key — their paths or the files'
+/// contents —, ALPN, transport, proxy, credentials, topic, key, MAC), `job_workers`,
 /// `state_dir`, `cache_dir` or `watchdog_port`.
 pub fn needs_restart(old: &Config, new: &Config) -> bool {
     old.mqtt_host != new.mqtt_host
+        || old.mqtt_hosts != new.mqtt_hosts
         || old.port != new.port
+        || old.client_crt != new.client_crt
+        || old.client_key != new.client_key
+        || old.client_key_password != new.client_key_password
+        || (old.tls_files_stamp.is_some()
+            && new.tls_files_stamp.is_some()
+            && old.tls_files_stamp != new.tls_files_stamp)
+        || old.alpn != new.alpn
+        || old.transport != new.transport
+        || old.ws_path != new.ws_path
+        || old.proxy != new.proxy
         || old.tls != new.tls
         || old.cacrt != new.cacrt
         || old.username != new.username
@@ -172,6 +184,7 @@ struct Parts {
     stats_ctx: StatsCtx,
     net: Watch<NetStatus>,
     link: Watch<bool>,
+    broker: Watch<Option<String>>,
     started: Instant,
     control: crate::runtime::ControlSender,
     outbox: Outbox,
@@ -213,6 +226,7 @@ fn handlers(p: &Parts) -> Handlers {
             cfg: p.config.clone(),
             started: p.started,
             link: p.link.clone(),
+            broker: p.broker.clone(),
             net: p.net.clone(),
             stats: p.stats_ctx.stats.clone(),
             services: Arc::new(p.supervisor.clone()),
@@ -308,6 +322,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
     let state_dir = cfg.state_dir.clone();
     let config = ConfigHandle::new(cfg, config_path.clone());
     let link_state = Watch::new(false, &shutdown);
+    let broker = Watch::new(None, &shutdown);
     let net = Watch::new(NetStatus::default(), &shutdown);
     let pause = RecoveryPause::default();
     let heartbeats = Heartbeats::default();
@@ -357,6 +372,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
         stats_ctx: stats_ctx.clone(),
         net: net.clone(),
         link: link_state.clone(),
+        broker: broker.clone(),
         started,
         control: control_tx.clone(),
         outbox: outbox.clone(),
@@ -399,6 +415,7 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
                 outbox: outbox.clone(),
                 shutdown: shutdown.clone(),
                 state: link_state.clone(),
+                broker: broker.clone(),
                 inbound: jobs.clone(),
                 ping_status: Box::new(move || net.get().code),
             },
@@ -650,6 +667,7 @@ mod tests {
                 timings: Timings::default(),
             },
             link: Watch::new(false, &shutdown),
+            broker: Watch::new(None, &shutdown),
             net,
             started: Instant::now(),
             control: tx,

@@ -104,6 +104,37 @@ pub struct Config {
     pub watchdog_timeout: u64,
     /// The firmware flasher of `firmware.upgrade` (`sysupgrade` on OpenWrt when unset).
     pub sysupgrade_cmd: Option<String>,
+    /// Every broker of `mqtt_host` (a string or a list), in the order tried; entries are
+    /// `host`, `host:port` or `[v6]:port`. `mqtt_host` is the first one.
+    pub mqtt_hosts: Vec<String>,
+    /// Client certificate (PEM, may hold the chain and the key) for mTLS, MQTT and HTTPS.
+    pub client_crt: Option<String>,
+    /// Client private key (PEM) when not in `client_crt`.
+    pub client_key: Option<String>,
+    /// Password of an encrypted `client_key` (secret: masked, never logged).
+    pub client_key_password: Option<String>,
+    /// ALPN protocols offered in the TLS handshake (e.g. `["x-amzn-mqtt-ca"]`).
+    pub alpn: Vec<String>,
+    /// `tcp` (MQTT over TCP/TLS) or `ws` (MQTT over WebSockets, `ws://` or `wss://` by `tls`).
+    pub transport: Transport,
+    /// HTTP path of the WebSocket endpoint (`transport: ws`).
+    pub ws_path: String,
+    /// HTTP proxy `http://[user:pass@]host:port` (credentials masked).
+    pub proxy: Option<String>,
+    /// Largest MQTT message the broker takes; answers are cut to fit (`truncated: true`).
+    pub mqtt_max_payload: usize,
+    /// Digest of the contents of `cacrt`, `client_crt` and `client_key` as read by [`load`]
+    /// (a HUP with changed files reconnects).
+    #[serde(skip)]
+    pub tls_files_stamp: Option<String>,
+}
+
+/// How MQTT is carried (`transport` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Ws,
 }
 
 impl Default for Config {
@@ -171,6 +202,16 @@ impl Default for Config {
             watchdog_port: 4951,
             watchdog_timeout: 300,
             sysupgrade_cmd: None,
+            mqtt_hosts: Vec::new(),
+            client_crt: None,
+            client_key: None,
+            client_key_password: None,
+            alpn: Vec::new(),
+            transport: Transport::Tcp,
+            ws_path: "/mqtt".into(),
+            proxy: None,
+            mqtt_max_payload: 128 << 10,
+            tls_files_stamp: None,
         }
     }
 }
@@ -180,15 +221,58 @@ impl Config {
     pub fn masked_json(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(obj) = v.as_object_mut() {
-            for k in ["password", "token", "job_secret"] {
+            for k in ["password", "token", "job_secret", "client_key_password"] {
                 if let Some(slot) = obj.get_mut(k) {
                     if !slot.is_null() {
                         *slot = Value::String("***".into());
                     }
                 }
             }
+            if let Some(p) = &self.proxy {
+                obj.insert("proxy".into(), Value::String(mask_url_credentials(p)));
+            }
         }
         v
+    }
+
+    /// Every broker as `(host, port)`, in order (`port` where an entry names none).
+    pub fn brokers(&self) -> Vec<(String, u16)> {
+        let hosts: Vec<&str> = if self.mqtt_hosts.is_empty() {
+            vec![self.mqtt_host.as_str()]
+        } else {
+            self.mqtt_hosts.iter().map(String::as_str).collect()
+        };
+        hosts
+            .into_iter()
+            .filter_map(|h| split_host_port(h).ok())
+            .map(|(h, p)| (h, p.unwrap_or(self.port)))
+            .collect()
+    }
+
+    /// The proxy for HTTP clients (and for MQTT over WebSockets): the `proxy` key, else
+    /// `https_proxy`/`http_proxy` (either case) from the environment, unless `no_proxy` is `*`.
+    /// Only `http://` proxies are used.
+    pub fn effective_proxy(&self) -> Option<String> {
+        if self.proxy.is_some() {
+            return self.proxy.clone();
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if env("no_proxy").or_else(|| env("NO_PROXY")).as_deref() == Some("*") {
+            return None;
+        }
+        ["https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"]
+            .iter()
+            .find_map(|k| env(k))
+            .filter(|p| check_proxy(p).is_ok())
+    }
+
+    /// The largest `msg` of an answer: `job_output_max`, and 1 KiB less than
+    /// `mqtt_max_payload` (room for the rest of the PROCESSED). JSON escapes can still push a
+    /// message past the limit; the link cuts it again before publishing.
+    pub fn output_limit(&self) -> usize {
+        self.job_output_max
+            .min(self.mqtt_max_payload.saturating_sub(1024))
+            .max(64)
     }
 
     /// MAC with separators removed, as used in the MQTT client id.
@@ -268,7 +352,9 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         msg,
     };
     let text = read_regular(path, MAX_CONFIG_BYTES).map_err(io)?;
-    parse(&text, &file)
+    let (mut cfg, mut notes) = parse(&text, &file)?;
+    notes.extend(check_tls_files(&mut cfg, &file)?);
+    Ok((cfg, notes))
 }
 
 /// Largest config file read.
@@ -475,6 +561,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mac",
     "mac_file",
     "mqtt_host",
+    "mqtt_hosts",
     "port",
     "tls",
     "cacrt",
@@ -523,6 +610,14 @@ pub const KNOWN_KEYS: &[&str] = &[
     "watchdog_port",
     "watchdog_timeout",
     "sysupgrade_cmd",
+    "client_crt",
+    "client_key",
+    "client_key_password",
+    "alpn",
+    "transport",
+    "ws_path",
+    "proxy",
+    "mqtt_max_payload",
 ];
 
 /// Parses config text. `file` is only used in messages.
@@ -560,9 +655,78 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
     };
     let topic = r.opt_string(&["topic"])?.ok_or_else(|| missing("topic"))?;
     let key = r.opt_string(&["key"])?.ok_or_else(|| missing("key"))?;
-    let mqtt_host = r
-        .opt_string(&["mqtt_host"])?
+    // `mqtt_hosts` is the list as the effective config (`--check-config`, `agent.config`)
+    // prints it beside `mqtt_host` (its first entry); read back, the list wins.
+    let hosts_key = if r.get(&["mqtt_hosts"]).is_some() {
+        "mqtt_hosts"
+    } else {
+        "mqtt_host"
+    };
+    let mqtt_hosts: Vec<String> = match r.get(&[hosts_key]) {
+        Some((_, Value::Array(_))) => r
+            .string_list(&[hosts_key])?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect(),
+        _ => r
+            .opt_string(&[hosts_key])?
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .into_iter()
+            .collect(),
+    };
+    for h in &mqtt_hosts {
+        split_host_port(h).map_err(|msg| r.err(hosts_key, msg))?;
+    }
+    let mqtt_host = mqtt_hosts
+        .first()
+        .cloned()
         .ok_or_else(|| missing("mqtt_host"))?;
+    let transport = match r.string(&["transport"])?.as_deref().map(str::trim) {
+        None | Some("") | Some("tcp") => Transport::Tcp,
+        Some("ws") => Transport::Ws,
+        Some(other) => {
+            return Err(r.err(
+                "transport",
+                format!("expected \"tcp\" or \"ws\", found \"{other}\""),
+            ))
+        }
+    };
+    let ws_path = r.opt_string(&["ws_path"])?.unwrap_or(d.ws_path.clone());
+    if !ws_path.starts_with('/') || ws_path.contains(char::is_whitespace) {
+        return Err(r.err(
+            "ws_path",
+            format!("must start with '/' and hold no spaces, found \"{ws_path}\""),
+        ));
+    }
+    let proxy = r.opt_string(&["proxy"])?;
+    if let Some(p) = &proxy {
+        check_proxy(p).map_err(|msg| r.err("proxy", msg))?;
+    }
+    let alpn = r.string_list(&["alpn"])?.unwrap_or_default();
+    if let Some(bad) = alpn.iter().find(|a| a.is_empty() || a.len() > 255) {
+        return Err(r.err(
+            "alpn",
+            format!("each protocol must be 1 to 255 bytes, found \"{bad}\""),
+        ));
+    }
+    let client_crt = r.opt_string(&["client_crt"])?;
+    let client_key = r.opt_string(&["client_key"])?;
+    let client_key_password = r.string(&["client_key_password"])?;
+    if client_key.is_some() && client_crt.is_none() {
+        return Err(r.err(
+            "client_key",
+            "needs client_crt (the certificate of the key)",
+        ));
+    }
+    if client_key_password
+        .as_deref()
+        .is_some_and(|p| p.contains('\0'))
+    {
+        return Err(r.err("client_key_password", "must not contain a NUL character"));
+    }
     for (name, v) in [("topic", &topic), ("key", &key)] {
         if v.contains(['/', '+', '#']) {
             return Err(r.err(name, "must not contain '/', '+' or '#'"));
@@ -573,7 +737,8 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
     let monitor = r.int_in(&["monitor"], d.monitor as i64, 15, 86_400)? as u64;
     let heartbeat = r.int_in(
         &["heartbeat", "sleep"],
-        d.heartbeat as i64,
+        // SPEC §2: min `monitor` holds for the default too (found by fuzz/config).
+        d.heartbeat.max(monitor) as i64,
         monitor as i64,
         3600.max(monitor as i64),
     )? as u64;
@@ -680,8 +845,194 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>), ConfigErro
         watchdog_timeout: r.int_in(&["watchdog_timeout"], d.watchdog_timeout as i64, 1, 86_400)?
             as u64,
         sysupgrade_cmd: r.opt_string(&["sysupgrade_cmd"])?,
+        mqtt_hosts,
+        client_crt,
+        client_key,
+        client_key_password,
+        alpn,
+        transport,
+        ws_path,
+        proxy,
+        mqtt_max_payload: r.int_in(
+            &["mqtt_max_payload"],
+            d.mqtt_max_payload as i64,
+            1024,
+            268_435_455,
+        )? as usize,
+        tls_files_stamp: None,
     };
     Ok((cfg, r.notes))
+}
+
+/// Splits a `mqtt_host` entry into host and port: `host`, `host:port`, `[v6]:port`, `[v6]`
+/// or a bare IPv6 address. A scheme or a path is refused with a hint.
+pub fn split_host_port(entry: &str) -> Result<(String, Option<u16>), String> {
+    let e = entry.trim();
+    if let Some((scheme, _)) = e.split_once("://") {
+        let hint = match scheme.to_ascii_lowercase().as_str() {
+            "ws" | "wss" => "use \"transport\": \"ws\" (and \"tls\" for wss)",
+            "ssl" | "mqtts" | "tls" => "use \"tls\": true",
+            _ => "give the host name only",
+        };
+        return Err(format!(
+            "\"{e}\" has a scheme ({scheme}://); {hint}, with the host alone in mqtt_host"
+        ));
+    }
+    if e.contains('/') {
+        return Err(format!(
+            "\"{e}\" has a path; use \"transport\": \"ws\" with \"ws_path\" for WebSockets"
+        ));
+    }
+    if e.is_empty() || e.contains(char::is_whitespace) {
+        return Err(format!("\"{e}\" is not a host name"));
+    }
+    let port = |p: &str| -> Result<Option<u16>, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!("\"{e}\": port \"{p}\" is not 1..65535")),
+        }
+    };
+    if let Some(rest) = e.strip_prefix('[') {
+        let Some((host, tail)) = rest.split_once(']') else {
+            return Err(format!("\"{e}\": missing ']'"));
+        };
+        return match tail.strip_prefix(':') {
+            Some(p) => Ok((host.to_string(), port(p)?)),
+            None if tail.is_empty() => Ok((host.to_string(), None)),
+            None => Err(format!("\"{e}\": unexpected text after ']'")),
+        };
+    }
+    match e.matches(':').count() {
+        0 => Ok((e.to_string(), None)),
+        1 => {
+            let (h, p) = e.split_once(':').unwrap_or((e, ""));
+            if h.is_empty() {
+                return Err(format!("\"{e}\" is not a host name"));
+            }
+            Ok((h.to_string(), port(p)?))
+        }
+        _ => Ok((e.to_string(), None)),
+    }
+}
+
+/// Checks a proxy URL: `http://[user:pass@]host:port`.
+pub fn check_proxy(p: &str) -> Result<(), String> {
+    let Some(rest) = p.strip_prefix("http://") else {
+        return Err(format!(
+            "\"{}\": expected http://[user:pass@]host:port",
+            mask_url_credentials(p)
+        ));
+    };
+    let hostport = rest.trim_end_matches('/');
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    match split_host_port(hostport) {
+        Ok((_, Some(_))) => Ok(()),
+        _ => Err(format!(
+            "\"{}\": expected http://[user:pass@]host:port (with the port)",
+            mask_url_credentials(p)
+        )),
+    }
+}
+
+/// `scheme://user:pass@host` → `scheme://user:***@host` (for logs and --check-config).
+pub fn mask_url_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match rest.rsplit_once('@') {
+        Some((cred, host)) => {
+            let user = cred.split_once(':').map_or(cred, |(u, _)| u);
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Checks the files of `client_crt`/`client_key` (readable, PEM, the key decrypts with
+/// `client_key_password` and belongs to the certificate) and records their digest in
+/// `tls_files_stamp`. Notes: a key readable by group or other.
+pub fn check_tls_files(cfg: &mut Config, file: &str) -> Result<Vec<String>, ConfigError> {
+    use sha2::Digest;
+    let mut notes = Vec::new();
+    let key_err = |key: &str, msg: String| ConfigError::Key {
+        file: file.to_string(),
+        key: key.to_string(),
+        line: 0,
+        column: 0,
+        msg,
+    };
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| key_err(key, format!("cannot read {path}: {e}")))
+    };
+    let mut digest = sha2::Sha256::new();
+    if let Some(ca) = &cfg.cacrt {
+        if let Ok(b) = std::fs::read(ca) {
+            digest.update(&b);
+        }
+    }
+    if let Some(crt_path) = cfg.client_crt.clone() {
+        let crt = read("client_crt", &crt_path)?;
+        digest.update(&crt);
+        let chain = openssl::x509::X509::stack_from_pem(&crt).unwrap_or_default();
+        let Some(leaf) = chain.first() else {
+            return Err(key_err(
+                "client_crt",
+                format!("{crt_path} holds no PEM certificate"),
+            ));
+        };
+        let (key_key, key_path) = match &cfg.client_key {
+            Some(k) => ("client_key", k.clone()),
+            None => ("client_crt", crt_path.clone()),
+        };
+        let key = if key_key == "client_key" {
+            let k = read("client_key", &key_path)?;
+            digest.update(&k);
+            k
+        } else {
+            crt.clone()
+        };
+        if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
+            return Err(key_err(
+                key_key,
+                format!("{key_path} holds no PEM private key (set client_key)"),
+            ));
+        }
+        let pass = cfg.client_key_password.clone().unwrap_or_default();
+        let pkey = openssl::pkey::PKey::private_key_from_pem_passphrase(&key, pass.as_bytes())
+            .map_err(|_| {
+                let why = if cfg.client_key_password.is_some() {
+                    "wrong client_key_password, or not a PEM private key"
+                } else {
+                    "encrypted (set client_key_password) or not a PEM private key"
+                };
+                key_err(key_key, format!("{key_path}: cannot load the key: {why}"))
+            })?;
+        let matches = leaf
+            .public_key()
+            .map(|pk| pk.public_eq(&pkey))
+            .unwrap_or(false);
+        if !matches {
+            return Err(key_err(
+                key_key,
+                format!("the key in {key_path} does not belong to the certificate in {crt_path}"),
+            ));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(&key_path) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                notes.push(format!(
+                    "config key \"{key_key}\": {key_path} is readable by group or other (mode {mode:o}); chmod 600 it"
+                ));
+            }
+        }
+    }
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cfg.tls_files_stamp = Some(hex);
+    Ok(notes)
 }
 
 fn parse_services(r: &Reader<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
@@ -785,6 +1136,19 @@ fn parse_services(r: &Reader<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_config_reads_back_with_every_broker() {
+        let (c, _) = parse(
+            r#"{"topic":"t","key":"k","mqtt_host":["a.example:1884","[::1]:1999","b"]}"#,
+            "c.json",
+        )
+        .unwrap();
+        let again = serde_json::to_string(&c).unwrap();
+        let (c2, _) = parse(&again, "again.json").unwrap();
+        assert_eq!(c2.mqtt_hosts, c.mqtt_hosts);
+        assert_eq!(c2, c);
+    }
 
     #[test]
     fn a_fifo_a_directory_or_a_huge_file_is_an_error_not_a_hang() {
@@ -954,6 +1318,7 @@ mod tests {
         assert!(notes(r#""monitor":5"#)[0].contains("monitor"));
         assert_eq!(ok(r#""heartbeat":5"#).heartbeat, 15);
         assert_eq!(ok(r#""monitor":30,"heartbeat":20"#).heartbeat, 30);
+        assert_eq!(ok(r#""monitor":97"#).heartbeat, 97);
         assert_eq!(ok(r#""heartbeat":99999"#).heartbeat, 3600);
         assert_eq!(ok(r#""sleep":90"#).heartbeat, 90);
         assert_eq!(ok(r#""ping-interval":3"#).ping_interval, 30);
@@ -1103,6 +1468,51 @@ mod tests {
         assert!(!text.contains("hunter2") && !text.contains("tok\"") && !text.contains("s3"));
         assert_eq!(c.masked_json()["password"], "***");
         assert_eq!(ok("").masked_json()["password"], Value::Null);
+    }
+
+    #[test]
+    fn broker_keys() {
+        let c = ok("");
+        assert_eq!(c.mqtt_hosts, vec!["localhost".to_string()]);
+        assert_eq!((c.transport, c.ws_path.as_str()), (Transport::Tcp, "/mqtt"));
+        assert_eq!(c.mqtt_max_payload, 128 << 10);
+        let text = r#"{"topic":"t","key":"k","mqtt_host":["a.example:1884","[::1]:1999","b"],"port":1000,"transport":"ws","ws_path":"/x","alpn":["mqtt"],"proxy":"http://u:p@px:3128","mqtt_max_payload":10}"#;
+        let (c, n) = parse(text, "f").unwrap();
+        assert_eq!(c.mqtt_host, "a.example:1884");
+        assert_eq!(
+            c.brokers(),
+            vec![
+                ("a.example".to_string(), 1884),
+                ("::1".to_string(), 1999),
+                ("b".to_string(), 1000)
+            ]
+        );
+        assert_eq!(c.transport, Transport::Ws);
+        assert_eq!(c.alpn, vec!["mqtt".to_string()]);
+        assert_eq!(c.mqtt_max_payload, 1024);
+        assert!(n[0].contains("mqtt_max_payload"));
+        assert_eq!(c.masked_json()["proxy"], "http://u:***@px:3128");
+        assert!(err(r#""transport":"quic""#).contains("transport"));
+        assert!(err(r#""ws_path":"mqtt""#).contains("ws_path"));
+        assert!(err(r#""proxy":"socks5://h:1""#).contains("proxy"));
+        assert!(err(r#""proxy":"http://h""#).contains("port"));
+        assert!(err(r#""client_key":"/k""#).contains("client_crt"));
+        assert!(err(r#""alpn":[""]"#).contains("alpn"));
+        let e = parse(r#"{"topic":"t","key":"k","mqtt_host":"wss://h/mqtt"}"#, "f").unwrap_err();
+        assert!(e.to_string().contains("\"transport\": \"ws\""), "{e}");
+        let e = parse(r#"{"topic":"t","key":"k","mqtt_host":"h/mqtt"}"#, "f").unwrap_err();
+        assert!(e.to_string().contains("ws_path"), "{e}");
+        assert!(parse(r#"{"topic":"t","key":"k","mqtt_host":[]}"#, "f").is_err());
+        assert!(split_host_port("h:0").is_err() && split_host_port("h:x").is_err());
+        let c = ok(r#""client_crt":"/c","client_key_password":"pw""#);
+        assert_eq!(c.masked_json()["client_key_password"], "***");
+    }
+
+    #[test]
+    fn output_limit_leaves_room_under_mqtt_max_payload() {
+        assert_eq!(ok("").output_limit(), 51200);
+        assert_eq!(ok(r#""mqtt_max_payload":4096"#).output_limit(), 3072);
+        assert_eq!(ok(r#""job_output_max":100"#).output_limit(), 100);
     }
 
     #[test]

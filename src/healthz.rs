@@ -82,6 +82,8 @@ pub struct Sources {
     /// When this process started.
     pub started: Instant,
     pub link: Watch<bool>,
+    /// The broker URI connected to (`mqtt_status.host`).
+    pub broker: Watch<Option<String>>,
     pub net: Watch<NetStatus>,
     pub stats: Arc<Stats>,
     pub services: Arc<dyn ServicesView>,
@@ -163,7 +165,7 @@ pub fn healthz(src: &Sources) -> Value {
     );
     meta.insert(
         "mqtt_status".into(),
-        json!({"is_connected": src.link.get()}),
+        json!({"is_connected": src.link.get(), "host": src.broker.get()}),
     );
     let net = src.net.get();
     meta.insert(

@@ -2,7 +2,8 @@
 //! REST notifications, provisioning, `boot_url` and downloads: redirects followed by hand
 //! (http/https only, at most 5, never https → http, a POST never turned into a GET),
 //! 15 s timeouts for API calls and a 30 s stall limit for downloads, `cacrt` added to the
-//! trust store when set, `insecure` honoured (with a warning at start-up).
+//! trust store when set, `insecure` honoured (with a warning at start-up), the client
+//! certificate (`client_crt`/`client_key`) and `proxy` when set.
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
@@ -49,6 +50,14 @@ fn agent(cfg: &Config, limit: Limit) -> ureq::Agent {
             Err(e) => log::warn!("cacrt {path}: {e}; HTTPS uses the system store"),
         }
     }
+    if let Some(crt) = &cfg.client_crt {
+        match client_identity(cfg, crt) {
+            Ok(id) => {
+                tls.identity(id);
+            }
+            Err(e) => log::error!("HTTPS client certificate {crt}: {e}; sending none"),
+        }
+    }
     let mut b = ureq::AgentBuilder::new()
         .redirects(0)
         .user_agent(&format!("socketman/{}", crate::VERSION));
@@ -63,7 +72,31 @@ fn agent(cfg: &Config, limit: Limit) -> ureq::Agent {
         Ok(c) => b = b.tls_connector(Arc::new(c)),
         Err(e) => log::error!("TLS setup for HTTPS failed: {e}"),
     }
+    if let Some(p) = cfg.effective_proxy() {
+        match ureq::Proxy::new(&p) {
+            Ok(proxy) => b = b.proxy(proxy),
+            Err(e) => log::error!(
+                "proxy {}: {e}; HTTP goes direct",
+                crate::config::mask_url_credentials(&p)
+            ),
+        }
+    }
     b.build()
+}
+
+/// The `client_crt`/`client_key` pair (the key decrypted with `client_key_password`) as a
+/// native-tls identity: PEM chain plus the key in PKCS#8, the form native-tls takes.
+fn client_identity(cfg: &Config, crt: &str) -> Result<native_tls::Identity, String> {
+    let chain = std::fs::read(crt).map_err(|e| e.to_string())?;
+    let key_pem = match &cfg.client_key {
+        Some(k) => std::fs::read(k).map_err(|e| format!("client_key {k}: {e}"))?,
+        None => chain.clone(),
+    };
+    let pass = cfg.client_key_password.as_deref().unwrap_or("");
+    let key = openssl::pkey::PKey::private_key_from_pem_passphrase(&key_pem, pass.as_bytes())
+        .and_then(|k| k.private_key_to_pem_pkcs8())
+        .map_err(|e| format!("cannot load the key: {e}"))?;
+    native_tls::Identity::from_pkcs8(&chain, &key).map_err(|e| e.to_string())
 }
 
 /// Why a request failed.

@@ -564,4 +564,25 @@ mod tests {
             "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
         );
     }
+
+    #[test]
+    fn extreme_timestamps_are_expired_without_wrapping() {
+        let mut c = cfg();
+        c.job_max_age = 600;
+        let now = 1_700_000_000u64;
+        for ts in ["-9223372036854775808", "-1e308", "\"-9223372036854775808\""] {
+            let p = format!(r#"{{"id":"a","timestamp":{ts},"meta":{{"msg":"x"}}}}"#);
+            let r = rej(p.as_bytes(), &c);
+            assert_eq!(r.code, ErrorCode::Expired, "{ts}");
+            assert_eq!(
+                r.detail, "job is 9223372036854775807 s old, over job_max_age 600 s",
+                "{ts}"
+            );
+        }
+        let p = br#"{"id":"a","timestamp":9223372036854775807,"meta":{"msg":"x"}}"#;
+        assert_eq!(
+            rej(p, &c).detail,
+            format!("timestamp is {} s in the future", i64::MAX - now as i64)
+        );
+    }
 }

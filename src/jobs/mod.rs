@@ -243,7 +243,7 @@ impl Jobs {
                     crate::platform::shell::run_shell_tracked(
                         &cmd,
                         Duration::from_secs(job.timeout),
-                        cfg.job_output_max,
+                        cfg.output_limit(),
                         &|pgid| {
                             lock(&self.running).insert(id.clone(), pgid);
                         },
@@ -287,7 +287,7 @@ impl Jobs {
                     return None;
                 }
                 Ok(typed::Done::Result(result)) => {
-                    let (msg, truncated) = cut(&result.to_string(), cfg.job_output_max);
+                    let (msg, truncated) = cut(&result.to_string(), cfg.output_limit());
                     ProcessedMeta {
                         msg,
                         ty: job.ty.clone(),

@@ -21,6 +21,9 @@ use std::path::PathBuf;
 pub const MAX_IDS: usize = 1024;
 /// Bytes of stored PROCESSED messages kept (in memory and on disk: flash and RAM are small).
 pub const MAX_RESULT_BYTES: usize = 256 * 1024;
+/// Bytes of messages of accepted, not yet started jobs kept for a run after a crash; a job
+/// beyond it is kept without its message (after a crash it is answered as interrupted).
+pub const MAX_PENDING_BYTES: usize = 512 * 1024;
 /// Journal size at which it is folded into the snapshot.
 pub const JOURNAL_MAX: u64 = 1 << 20;
 
@@ -210,13 +213,22 @@ impl SeenStore {
         if self.entries.contains_key(id) {
             return;
         }
-        let payload = String::from_utf8_lossy(payload).into_owned();
+        let held: usize = self
+            .entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Pending(p) => p.payload.as_ref().map(String::len),
+                _ => None,
+            })
+            .sum();
+        let payload = (held + payload.len() <= MAX_PENDING_BYTES)
+            .then(|| String::from_utf8_lossy(payload).into_owned());
         self.log(&json!({ "id": id, "type": ty, "job": payload }));
         self.apply_insert(
             id,
             Pending {
                 ty: ty.to_string(),
-                payload: Some(payload),
+                payload,
                 started: false,
             },
         );
@@ -366,6 +378,19 @@ mod tests {
             // The same state from a snapshot as from the journal.
             s2.snapshot();
         }
+        // Messages kept for a re-run are bounded in bytes.
+        let d2 = tempfile::tempdir().unwrap();
+        let mut s4 = SeenStore::open(Some(d2.path().join("seen.json")));
+        let big = vec![b'x'; 200 * 1024];
+        for i in 0..4 {
+            s4.insert(&format!("big{i}"), "cmd", &big);
+        }
+        let kept: Vec<bool> = s4
+            .unfinished()
+            .iter()
+            .map(|(_, p)| p.payload.is_some())
+            .collect();
+        assert_eq!(kept, vec![true, true, false, false]);
         // An older journal line (id only): type unknown, not re-runnable.
         std::fs::write(p.with_extension("log"), "{\"id\":\"old\"}\n").unwrap();
         let s3 = SeenStore::open(Some(p));

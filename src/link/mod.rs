@@ -17,7 +17,7 @@
 pub mod outbox;
 
 use crate::backoff::Backoff;
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::proto::{Connect, PingMeta, Topics, Wire};
 use crate::runtime::{ConfigHandle, Shutdown, Threads, Watch};
 use outbox::{Outbox, Outgoing};
@@ -40,6 +40,8 @@ pub struct LinkDeps {
     pub shutdown: Shutdown,
     /// Set true while connected (and subscribed), false otherwise.
     pub state: Watch<bool>,
+    /// The URI of the broker connected to (`mqtt_host` may list several), `None` while down.
+    pub broker: Watch<Option<String>>,
     pub inbound: Arc<dyn Inbound>,
     /// The connectivity CODE for PING's `status` (SPEC §3), when known.
     pub ping_status: Box<dyn Fn() -> Option<u8> + Send + Sync>,
@@ -50,12 +52,15 @@ pub struct LinkDeps {
 pub enum LinkError {
     /// Paho refused the client options (bad server URI, client id).
     Create(mqtt::Error),
+    /// A TLS file path Paho cannot take.
+    Tls(String),
 }
 
 impl std::fmt::Display for LinkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkError::Create(e) => write!(f, "cannot create MQTT client: {e}"),
+            LinkError::Tls(e) => write!(f, "MQTT TLS: {e}"),
         }
     }
 }
@@ -91,16 +96,114 @@ pub fn system_ca_bundle() -> Option<String> {
         .map(|p| p.to_string())
 }
 
-/// The broker URI for the config.
-pub fn server_uri(cfg: &Config) -> String {
-    let scheme = if cfg.tls { "ssl" } else { "tcp" };
-    let host = if cfg.mqtt_host.contains(':') && !cfg.mqtt_host.starts_with('[') {
-        format!("[{}]", cfg.mqtt_host)
-    } else {
-        cfg.mqtt_host.clone()
+/// The broker URIs for the config, in the order tried (`mqtt_host` as a list):
+/// `tcp://`/`ssl://` or, with `transport: ws`, `ws://`/`wss://` with `ws_path`.
+pub fn server_uris(cfg: &Config) -> Vec<String> {
+    let ws = cfg.transport == Transport::Ws;
+    let scheme = match (ws, cfg.tls) {
+        (false, false) => "tcp",
+        (false, true) => "ssl",
+        (true, false) => "ws",
+        (true, true) => "wss",
     };
-    format!("{scheme}://{host}:{}", cfg.port)
+    let path = if ws { cfg.ws_path.as_str() } else { "" };
+    cfg.brokers()
+        .into_iter()
+        .map(|(host, port)| {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            format!("{scheme}://{host}:{port}{path}")
+        })
+        .collect()
 }
+
+/// The first broker URI (see [`server_uris`]).
+pub fn server_uri(cfg: &Config) -> String {
+    server_uris(cfg).into_iter().next().unwrap_or_default()
+}
+
+/// True when `host` is named by a `no_proxy` list (`*`, a name, or a `.suffix`).
+fn no_proxy_for(host: &str) -> bool {
+    let list = std::env::var("no_proxy")
+        .or_else(|_| std::env::var("NO_PROXY"))
+        .unwrap_or_default();
+    list.split(',').map(str::trim).any(|e| {
+        !e.is_empty()
+            && (e == "*"
+                || host == e.trim_start_matches('.')
+                || (e.starts_with('.') && host.ends_with(e)))
+    })
+}
+
+/// The proxy the MQTT link goes through: the `proxy` key for any transport; with
+/// `transport: ws`, else `https_proxy`/`http_proxy` from the environment (not for hosts
+/// of `no_proxy`).
+pub fn mqtt_proxy(cfg: &Config) -> Option<String> {
+    if cfg.proxy.is_some() {
+        return cfg.proxy.clone();
+    }
+    if cfg.transport != Transport::Ws {
+        return None;
+    }
+    let first = cfg.brokers().into_iter().next()?.0;
+    cfg.effective_proxy().filter(|_| !no_proxy_for(&first))
+}
+
+/// Sets what every connection to the broker shares (the agent's link and smctl): the server
+/// URIs, TLS (CA, client certificate and key, ALPN; SNI is the host name, set by Paho) and
+/// the proxy. `Err`: a path Paho cannot take.
+pub fn transport_options(
+    cfg: &Config,
+    b: &mut mqtt::ConnectOptionsBuilder,
+) -> Result<(), LinkError> {
+    let uris = server_uris(cfg);
+    if uris.len() > 1 {
+        b.server_uris(&uris);
+        if !cfg.tls {
+            // Paho C prints "checking URI" to stdout for a URI list without SSL options
+            // (MQTTAsync.c); empty options silence it and are not used on tcp:// or ws://.
+            b.ssl_options(mqtt::SslOptionsBuilder::new().finalize());
+        }
+    }
+    if cfg.tls {
+        let mut ssl = mqtt::SslOptionsBuilder::new();
+        ssl.enable_server_cert_auth(true).verify(true);
+        let ca = cfg.cacrt.clone().or_else(system_ca_bundle);
+        let bad = |what: &str, p: &str, e: mqtt::Error| LinkError::Tls(format!("{what} {p}: {e}"));
+        match ca {
+            Some(ca) => {
+                ssl.trust_store(&ca).map_err(|e| bad("CA file", &ca, e))?;
+            }
+            None => log::warn!("MQTT TLS: no cacrt and no system CA bundle found; the broker certificate cannot be verified"),
+        }
+        if let Some(crt) = &cfg.client_crt {
+            ssl.key_store(crt).map_err(|e| bad("client_crt", crt, e))?;
+            if let Some(key) = &cfg.client_key {
+                ssl.private_key(key)
+                    .map_err(|e| bad("client_key", key, e))?;
+            }
+            if let Some(pw) = &cfg.client_key_password {
+                ssl.private_key_password(pw.as_str());
+            }
+        }
+        if !cfg.alpn.is_empty() {
+            let protos: Vec<&str> = cfg.alpn.iter().map(String::as_str).collect();
+            ssl.alpn_protos(&protos);
+        }
+        b.ssl_options(ssl.finalize());
+    }
+    if let Some(p) = mqtt_proxy(cfg) {
+        b.http_proxy(p.as_str()).https_proxy(p.as_str());
+    }
+    Ok(())
+}
+
+/// Failed publishes after which a message is given up (an answer first gets one more try
+/// without its `result`).
+pub const MAX_ATTEMPTS: u32 = 5;
 
 /// The online CONNECT (retained).
 pub fn online_payload(client_id: &str) -> serde_json::Value {
@@ -157,19 +260,8 @@ impl Link {
             (None, Some(_)) => log::warn!("MQTT: password given without username; MQTT 3.1.1 cannot send it, connecting without credentials"),
             (None, None) => {}
         }
-        if cfg.tls {
-            let mut ssl = mqtt::SslOptionsBuilder::new();
-            ssl.enable_server_cert_auth(true).verify(true);
-            let ca = cfg.cacrt.clone().or_else(system_ca_bundle);
-            match ca {
-                Some(ca) => {
-                    if let Err(e) = ssl.trust_store(&ca) {
-                        log::error!("MQTT TLS: CA file {ca}: {e}");
-                    }
-                }
-                None => log::warn!("MQTT TLS: no cacrt and no system CA bundle found; the broker certificate cannot be verified"),
-            }
-            b.ssl_options(ssl.finalize());
+        if let Err(e) = transport_options(cfg, &mut b) {
+            log::error!("{e}");
         }
         b.finalize()
     }
@@ -213,6 +305,7 @@ impl Link {
     fn set_state(&self, d: &LinkDeps, up: bool) {
         d.state.set(up);
         if !up {
+            d.broker.set(None);
             d.outbox.wake();
         }
     }
@@ -228,19 +321,25 @@ impl Link {
                 .connect(self.connect_options(&cfg))
                 .wait_for(Duration::from_secs(30))
             {
-                Ok(_) => {
+                Ok(rsp) => {
+                    // Paho names the server without its scheme when there is only one.
+                    let uris = server_uris(&cfg);
+                    let uri = rsp
+                        .connect_response()
+                        .map(|c| c.server_uri)
+                        .filter(|u| !u.is_empty())
+                        .and_then(|u| {
+                            uris.iter()
+                                .find(|k| **k == u || k.split_once("://").map(|x| x.1) == Some(&u))
+                                .cloned()
+                        })
+                        .unwrap_or_else(|| server_uri(&cfg));
                     if failures > 0 {
-                        log::info!(
-                            "MQTT connected to {} after {failures} failed attempts",
-                            server_uri(&cfg)
-                        );
+                        log::info!("MQTT connected to {uri} after {failures} failed attempts");
                     } else {
-                        log::info!(
-                            "MQTT connected to {} as {}",
-                            server_uri(&cfg),
-                            self.client_id
-                        );
+                        log::info!("MQTT connected to {uri} as {}", self.client_id);
                     }
+                    d.broker.set(Some(uri));
                     failures = 0;
                     backoff.reset();
                 }
@@ -248,7 +347,7 @@ impl Link {
                     failures += 1;
                     let delay = backoff.next_delay();
                     if failures == 1 || failures.is_multiple_of(10) {
-                        log::warn!("MQTT connect to {} failed ({e}); retrying in {:.1} s (attempt {failures})", server_uri(&cfg), delay.as_secs_f32());
+                        log::warn!("MQTT connect to {} failed ({e}); retrying in {:.1} s (attempt {failures})", server_uris(&cfg).join(", "), delay.as_secs_f32());
                     }
                     if d.shutdown.wait_timeout(delay) {
                         break;
@@ -309,11 +408,9 @@ impl Link {
                         }
                     }
                     Ok(Event::Lost) => {
+                        let uri = d.broker.get().unwrap_or_else(|| server_uri(&d.cfg.get()));
                         self.set_state(d, false);
-                        log::warn!(
-                            "MQTT connection to {} lost; reconnecting",
-                            server_uri(&d.cfg.get())
-                        );
+                        log::warn!("MQTT connection to {uri} lost; reconnecting");
                         break;
                     }
                     Ok(Event::Stop) => break 'outer,
@@ -345,7 +442,8 @@ impl Link {
 
     fn publisher(&self, d: &LinkDeps) {
         loop {
-            // Nothing goes out while the link is down; the stop ends the wait.
+            // Nothing goes out while the link is down: the wait is on the link-state condvar
+            // (the stop ends it), not a poll.
             if !d.state.wait_until(None, |up| *up) {
                 return;
             }
@@ -356,19 +454,46 @@ impl Link {
                 d.outbox.unpop(msg);
                 continue;
             }
+            let topic = self.topics.of(msg.topic);
+            let msg = match outbox::fit(msg, d.cfg.get().mqtt_max_payload) {
+                Ok(m) => m,
+                Err(why) => {
+                    log::error!("MQTT message to {topic} dropped: {why}");
+                    d.outbox.done();
+                    continue;
+                }
+            };
             match self.publish_now(&msg) {
                 Ok(()) => d.outbox.done(),
+                Err(e) if msg.qos == 0 => {
+                    log::warn!("MQTT publish to {topic} failed ({e}); QoS 0, not retried");
+                    d.outbox.done();
+                }
                 Err(e) => {
-                    log::warn!(
-                        "MQTT publish to {} failed ({e}); will retry",
-                        self.topics.of(msg.topic)
-                    );
-                    if msg.qos > 0 {
+                    let mut msg = msg;
+                    msg.attempts += 1;
+                    let n = msg.attempts;
+                    if n < MAX_ATTEMPTS {
+                        log::warn!("MQTT publish to {topic} failed ({e}); will retry (attempt {n} of {MAX_ATTEMPTS})");
                         d.outbox.unpop(msg);
+                    } else if let Some(stripped) =
+                        outbox::without_result(&msg).filter(|_| n == MAX_ATTEMPTS)
+                    {
+                        log::warn!("MQTT publish to {topic} refused {n} times ({e}); retrying once without its result");
+                        d.outbox.unpop(Outgoing {
+                            attempts: n,
+                            ..stripped
+                        });
                     } else {
+                        log::error!(
+                            "MQTT publish to {topic} refused {n} times ({e}); message of {} bytes dropped so that the rest can go out",
+                            msg.payload.len()
+                        );
                         d.outbox.done();
                     }
-                    if d.shutdown.wait_timeout(Duration::from_millis(200)) {
+                    // Longer pauses for a message the broker keeps refusing.
+                    let pause = Duration::from_millis(200 << n.min(5));
+                    if d.shutdown.wait_timeout(pause) {
                         return;
                     }
                 }
@@ -442,6 +567,21 @@ mod tests {
             ..cfg
         };
         assert_eq!(server_uri(&v6), "tcp://[::1]:1883");
+        let ws = Config {
+            mqtt_hosts: vec!["a:9001".into(), "b".into()],
+            transport: Transport::Ws,
+            ws_path: "/mqtt".into(),
+            tls: true,
+            port: 443,
+            ..v6
+        };
+        assert_eq!(
+            server_uris(&ws),
+            vec![
+                "wss://a:9001/mqtt".to_string(),
+                "wss://b:443/mqtt".to_string()
+            ]
+        );
     }
 
     #[test]

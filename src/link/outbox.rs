@@ -17,6 +17,8 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     pub qos: i32,
     pub retain: bool,
+    /// Failed publishes of this message so far (the broker refused or dropped it).
+    pub attempts: u32,
 }
 
 /// Status events kept while the link is down; older ones are dropped beyond this.
@@ -58,6 +60,7 @@ impl Outbox {
             payload: payload.to_string().into_bytes(),
             qos,
             retain,
+            attempts: 0,
         };
         let (lock, cv) = &*self.inner;
         let mut q = match lock.lock() {
@@ -207,6 +210,83 @@ impl Outbox {
     }
 }
 
+/// `msg` made to fit in `max` bytes: an answer on `pub/…` has its `meta.msg` cut (and, if
+/// that is not enough, its `meta.result` dropped), with `meta.truncated: true`. `Err` (why)
+/// for anything else that does not fit.
+pub fn fit(msg: Outgoing, max: usize) -> Result<Outgoing, String> {
+    if msg.payload.len() <= max {
+        return Ok(msg);
+    }
+    let size = msg.payload.len();
+    let too_big = || format!("{size} bytes, more than mqtt_max_payload ({max})");
+    if msg.topic != Topic::Pub {
+        return Err(too_big());
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&msg.payload) else {
+        return Err(too_big());
+    };
+    let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) else {
+        return Err(too_big());
+    };
+    meta.insert("truncated".into(), Value::Bool(true));
+    let text = meta
+        .get("msg")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let with = |meta_msg: &str, result: bool, v: &Value| -> Vec<u8> {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("meta").and_then(Value::as_object_mut) {
+            m.insert("msg".into(), Value::String(meta_msg.to_string()));
+            if !result {
+                m.remove("result");
+            }
+        }
+        v.to_string().into_bytes()
+    };
+    for keep_result in [true, false] {
+        // The longest prefix of `msg` that fits, by bisection on its byte length.
+        let (mut lo, mut hi) = (0usize, text.len());
+        let mut best: Option<Vec<u8>> = None;
+        while lo <= hi {
+            let mid = (lo + hi) / 2;
+            let mut end = mid;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let p = with(&text[..end], keep_result, &v);
+            if p.len() <= max {
+                best = Some(p);
+                lo = mid + 1;
+            } else if mid == 0 {
+                break;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if let Some(payload) = best {
+            return Ok(Outgoing { payload, ..msg });
+        }
+    }
+    Err(too_big())
+}
+
+/// An answer on `pub/…` without its `meta.result` (and with `meta.truncated: true`), for a
+/// second try after the broker refused it; `None` when there is no result to leave out.
+pub fn without_result(msg: &Outgoing) -> Option<Outgoing> {
+    if msg.topic != Topic::Pub {
+        return None;
+    }
+    let mut v = serde_json::from_slice::<Value>(&msg.payload).ok()?;
+    let meta = v.get_mut("meta")?.as_object_mut()?;
+    meta.remove("result")?;
+    meta.insert("truncated".into(), Value::Bool(true));
+    Some(Outgoing {
+        payload: v.to_string().into_bytes(),
+        ..msg.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +306,62 @@ mod tests {
         assert_eq!(all.last().map(|m| m.topic), Some(Topic::Pub));
         let first_event: Value = serde_json::from_slice(&all[1].payload).unwrap();
         assert_eq!(first_event["meta"]["i"], 10, "oldest events went first");
+    }
+
+    fn answer(msg: &str, result: Option<Value>) -> Outgoing {
+        let mut meta = json!({"msg": msg, "success": true, "truncated": false, "type": "cmd"});
+        if let Some(r) = result {
+            meta["result"] = r;
+        }
+        Outgoing {
+            topic: Topic::Pub,
+            payload: json!({"id": "j1", "event_type": "PROCESSED", "meta": meta})
+                .to_string()
+                .into_bytes(),
+            qos: 1,
+            retain: false,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn fit_cuts_answers_and_refuses_big_events() {
+        let small = answer("hi", None);
+        assert_eq!(fit(small.clone(), 1000), Ok(small));
+        // Control characters grow sixfold when escaped: the cut is on the escaped size.
+        let big = answer(&"\u{1}é".repeat(3000), None);
+        let f = fit(big, 2000).unwrap();
+        assert!(
+            f.payload.len() <= 2000 && f.payload.len() > 1900,
+            "{}",
+            f.payload.len()
+        );
+        let v: Value = serde_json::from_slice(&f.payload).unwrap();
+        assert_eq!(v["meta"]["truncated"], true);
+        assert_eq!(v["id"], "j1");
+        assert!(v["meta"]["msg"].as_str().unwrap().starts_with("\u{1}é"));
+        // A result too big on its own is dropped.
+        let r = answer("x", Some(json!({"blob": "y".repeat(5000)})));
+        let v: Value = serde_json::from_slice(&fit(r, 1000).unwrap().payload).unwrap();
+        assert!(v["meta"].get("result").is_none());
+        assert_eq!(v["meta"]["msg"], "x");
+        let ev = Outgoing {
+            topic: Topic::Status,
+            ..answer(&"z".repeat(3000), None)
+        };
+        assert!(fit(ev, 1000).unwrap_err().contains("mqtt_max_payload"));
+    }
+
+    #[test]
+    fn without_result_only_for_answers_with_one() {
+        assert_eq!(without_result(&answer("a", None)), None);
+        let s = without_result(&answer("a", Some(json!([1, 2])))).unwrap();
+        let v: Value = serde_json::from_slice(&s.payload).unwrap();
+        assert!(v["meta"].get("result").is_none());
+        assert_eq!(
+            (v["meta"]["truncated"].clone(), v["meta"]["msg"].clone()),
+            (json!(true), json!("a"))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod http;
 mod stats_wire;
 mod support;
 
+mod brokers;
 mod configure;
 mod core;
 mod firmware;

@@ -42,7 +42,7 @@ pub fn mosquitto_path() -> PathBuf {
     panic!("mosquitto is not installed: run scripts/test.sh, which installs it");
 }
 
-fn wait_port(port: u16, timeout: Duration) -> bool {
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -143,10 +143,37 @@ pub struct Broker {
     pub tls_port: Option<u16>,
     pub ca: Option<PathBuf>,
     pub dir: tempfile::TempDir,
+    /// More listener ports to wait for (see [`Broker::start_custom`]).
+    pub extra_ports: Vec<u16>,
     child: Option<Child>,
 }
 
 impl Broker {
+    /// A plain listener (for the test clients) plus the config lines `extra` returns for the
+    /// broker's dir (more listeners, an ACL…) and the ports of those listeners.
+    pub fn start_custom(extra: impl FnOnce(&Path) -> (String, Vec<u16>)) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let (more, extra_ports) = extra(dir.path());
+        let conf = format!("user root\nper_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest file {}\nlog_type all\n{more}\nlistener {port} 127.0.0.1\n", dir.path().join("mosquitto.log").display());
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("conf");
+        let mut b = Broker {
+            port,
+            tls_port: None,
+            ca: None,
+            dir,
+            extra_ports,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// The broker's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
     pub fn start() -> Broker {
         Self::launch(false)
     }
@@ -179,13 +206,15 @@ impl Broker {
             tls_port,
             ca,
             dir,
+            extra_ports: Vec::new(),
             child: None,
         };
         b.spawn();
         b
     }
 
-    fn spawn(&mut self) {
+    /// Starts the (stopped) broker again on its ports.
+    pub fn spawn(&mut self) {
         let child = Command::new(mosquitto_path())
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
@@ -203,6 +232,12 @@ impl Broker {
             assert!(
                 wait_port(p, Duration::from_secs(10)),
                 "mosquitto TLS did not listen on {p}"
+            );
+        }
+        for p in &self.extra_ports {
+            assert!(
+                wait_port(*p, Duration::from_secs(10)),
+                "mosquitto did not listen on {p}"
             );
         }
     }

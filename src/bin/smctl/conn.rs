@@ -34,6 +34,8 @@ impl Target {
         };
         let from_file = m.opt_present("config");
         if let Some(h) = m.opt_str("host") {
+            socketman::config::split_host_port(&h).map_err(|e| usage(format!("--host: {e}")))?;
+            cfg.mqtt_hosts = vec![h.clone()];
             cfg.mqtt_host = h;
         }
         if m.opt_present("tls") {
@@ -121,7 +123,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(t: &Target) -> Result<Conn, Fail> {
-        let uri = socketman::link::server_uri(&t.cfg);
+        let uri = socketman::link::server_uris(&t.cfg).join(", ");
         let bfail = |what: &str, e: mqtt::Error| Fail(EXIT_BROKER, format!("{what} {uri}: {e}"));
         let client_id = format!(
             "smctl-{}-{}",
@@ -133,7 +135,7 @@ impl Conn {
         );
         let cli = mqtt::Client::new(
             mqtt::CreateOptionsBuilder::new_v3()
-                .server_uri(&uri)
+                .server_uri(socketman::link::server_uri(&t.cfg))
                 .client_id(client_id)
                 .persistence(mqtt::PersistenceType::None)
                 .finalize(),
@@ -152,20 +154,9 @@ impl Conn {
                 b.password(p.as_str());
             }
         }
-        if t.cfg.tls {
-            let mut ssl = mqtt::SslOptionsBuilder::new();
-            ssl.enable_server_cert_auth(true).verify(true);
-            if let Some(ca) = t
-                .cfg
-                .cacrt
-                .clone()
-                .or_else(socketman::link::system_ca_bundle)
-            {
-                ssl.trust_store(&ca)
-                    .map_err(|e| Fail(EXIT_USAGE, format!("CA file {ca}: {e}")))?;
-            }
-            b.ssl_options(ssl.finalize());
-        }
+        // Same URIs, TLS (CA, client certificate, ALPN), WebSockets and proxy as the agent.
+        socketman::link::transport_options(&t.cfg, &mut b)
+            .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
         cli.connect(b.finalize())
             .map_err(|e| bfail("cannot connect to", e))?;
         Ok(Conn { cli, rx })

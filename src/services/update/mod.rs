@@ -674,6 +674,11 @@ mod tests {
             "hard link to a symlink",
         );
         refused(&[E::Fifo("fifo")], "device file or FIFO");
+        // Two links that each look inside, but l2 is dest's parent on disk (fuzz/tar_path).
+        refused(
+            &[E::Sym("l1", "."), E::Sym("l2", "l1/..")],
+            "'..' after a name",
+        );
     }
 
     #[test]

@@ -231,7 +231,9 @@ pub fn freq_to_channel(f: u32) -> Option<u32> {
         2484 => Some(14),
         2412..=2472 => Some((f - 2407) / 5),
         5955..=7115 => Some((f - 5950) / 5),
-        4910..=5895 => Some((f - 5000) / 5),
+        // 4.9 GHz (Japan) channels count from 4000 MHz, as in iw; `f - 5000` underflowed.
+        4910..=4980 => Some((f - 4000) / 5),
+        5000..=5895 => Some((f - 5000) / 5),
         _ => None,
     }
 }
@@ -787,6 +789,9 @@ mod tests {
             (quality_of(-20), quality_of(-120), quality_of(-78)),
             (70, 0, 32)
         );
+        // 4.9 GHz (Japan): channel 184 at 4920 MHz; 4990 used to underflow `f - 5000`.
+        assert_eq!(freq_to_channel(4920), Some(184));
+        assert_eq!(freq_to_channel(4990), None);
     }
 
     #[test]
