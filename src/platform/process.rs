@@ -410,6 +410,9 @@ where
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            // Libraries (Paho's MQTT socket) open descriptors without O_CLOEXEC after start:
+            // no child may inherit them (a lingering child would hold the broker connection).
+            sys::cloexec_from_3();
             let started = cmd.spawn();
             // The parent's copies of the pipe's write ends go with `cmd`, so that the reader
             // sees the end of the output when the child's side closes.

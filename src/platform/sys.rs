@@ -269,6 +269,23 @@ mod tests {
     }
 
     #[test]
+    fn children_of_the_runner_inherit_no_descriptor_opened_without_cloexec() {
+        // SAFETY: dup/close on descriptors this test owns.
+        let fd = unsafe { libc::dup(2) };
+        assert!(fd >= 3);
+        let spec = crate::platform::process::Spec::shell(&format!("test -e /proc/self/fd/{fd}"));
+        let o = crate::platform::process::run(
+            &spec,
+            &crate::platform::process::RunOpts::new(std::time::Duration::from_secs(10)),
+            &|_| {},
+        )
+        .unwrap();
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+        assert_eq!(o.code(), Some(1), "the child saw descriptor {fd}");
+    }
+
+    #[test]
     fn cloexec_marks_inherited_descriptors() {
         // SAFETY: dup/fcntl/close on descriptors this test owns.
         unsafe {
