@@ -169,6 +169,12 @@ impl Jobs {
             false,
         );
         log::info!("job {} ({}) accepted", job.id, job.ty);
+        self.enqueue(job, "cmd");
+    }
+
+    /// Hands an accepted job to the workers; when they are gone (stopping) it is answered
+    /// as cancelled, with `ty` as its type.
+    fn enqueue(&self, job: Job, ty: &str) {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let id = job.id.clone();
         let sent = lock(&self.tx)
@@ -177,7 +183,7 @@ impl Jobs {
             .unwrap_or(false);
         if !sent {
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            let p = processed_error(&id, "cmd", "cancelled: socketman is stopping");
+            let p = processed_error(&id, ty, "cancelled: socketman is stopping");
             self.finish(&id, &p);
         }
     }
@@ -401,16 +407,7 @@ impl Jobs {
                          stopped; running it now",
                         job.ty
                     );
-                    self.queued.fetch_add(1, Ordering::SeqCst);
-                    let sent = lock(&self.tx)
-                        .as_ref()
-                        .map(|tx| tx.send(job).is_ok())
-                        .unwrap_or(false);
-                    if !sent {
-                        self.queued.fetch_sub(1, Ordering::SeqCst);
-                        let e = processed_error(&id, &p.ty, "cancelled: socketman is stopping");
-                        self.finish(&id, &e);
-                    }
+                    self.enqueue(job, &p.ty);
                 }
                 Ok(_) => {
                     let e = processed_error(&id, &p.ty, "not run after the restart: id changed");
