@@ -7,7 +7,11 @@
 //! `ping_interval`; on a lost connection it reconnects with jittered back-off 1–60 s. It
 //! publishes the link state (connected or not) through a [`Watch`]. `mqtt-out` publishes the
 //! [`outbox::Outbox`] while connected, in order, waiting for the broker's acknowledgement of
-//! each QoS ≥ 1 message; a message that fails goes back to the front of the queue.
+//! each QoS ≥ 1 message; a message that fails goes back to the front of the queue. The wait
+//! for an acknowledgement lasts across lost connections (Paho resends the message on each
+//! reconnect of the persistent session); after [`DROPS_BEFORE_GIVING_UP`] of them the
+//! message is given up (an answer is sent once more cut to [`SHORT_ANSWER`]) and `mqtt-link`
+//! reconnects with a fresh Paho client, which does not hold it any more.
 //! TCP_NODELAY is set by Paho C on every socket.
 //!
 //! Both threads block on channels (Paho's callbacks and the stop token feed one channel of
@@ -23,6 +27,7 @@ use crate::runtime::{ConfigHandle, Shutdown, Threads, Watch};
 use outbox::{Outbox, Outgoing};
 use paho_mqtt as mqtt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +76,8 @@ impl std::error::Error for LinkError {}
 enum Event {
     Message(mqtt::Message),
     Lost,
+    /// The publisher wants a fresh Paho client (see [`Link::want_fresh_client`]).
+    Fresh,
     Stop,
 }
 
@@ -215,28 +222,97 @@ pub fn offline_payload(client_id: &str) -> serde_json::Value {
     Connect::offline(client_id).to_value()
 }
 
+/// A connection that ends sooner than this after its CONNACK is "short": a broker that
+/// drops the connection for a message Paho resends on every reconnect makes only short ones.
+const SHORT_SESSION: Duration = Duration::from_secs(5);
+
+/// Short connections in a row after which the next connect starts a fresh Paho client
+/// (whatever the old one would resend is given up).
+const SHORT_SESSIONS_BEFORE_FRESH: u32 = 3;
+
+/// Lost connections while one message waited for its acknowledgement after which it is
+/// given up (the broker drops the connection for it).
+pub const DROPS_BEFORE_GIVING_UP: u64 = 3;
+
+/// How long a QoS >= 1 publish may wait for its acknowledgement on a connection that stays
+/// up before it counts as failed.
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An answer the broker dropped the connection for is sent once more cut to this size.
+pub const SHORT_ANSWER: usize = 1024;
+
+/// How one publish ended.
+enum Delivery {
+    Acked,
+    /// Refused at once, or not acknowledged in time: not held by Paho any more.
+    Failed(mqtt::Error),
+    /// The connection was lost [`DROPS_BEFORE_GIVING_UP`] times while it waited.
+    Dropped(u64),
+    /// The Paho client was replaced while it waited: it is not held by Paho any more.
+    Replaced,
+    Stopped,
+}
+
 /// The link: owns the Paho client.
 pub struct Link {
-    client: mqtt::AsyncClient,
+    /// Replaced by a fresh one (same client id and session) when the broker keeps dropping
+    /// the connection for something the old one resends on every reconnect.
+    client: std::sync::Mutex<mqtt::AsyncClient>,
     topics: Topics,
     client_id: String,
+    /// Lost connections since start.
+    drops: AtomicU64,
+    /// Paho clients made since start.
+    epoch: AtomicU64,
+    /// The next connect starts with a fresh Paho client.
+    fresh: AtomicBool,
+    /// Paho's callbacks and the publisher feed `mqtt-link` through this.
+    events: std::sync::Mutex<Option<mpsc::Sender<Event>>>,
+}
+
+fn create_client(cfg: &Config, client_id: &str) -> Result<mqtt::AsyncClient, LinkError> {
+    let opts = mqtt::CreateOptionsBuilder::new_v3()
+        .server_uri(server_uri(cfg))
+        .client_id(client_id)
+        .persistence(mqtt::PersistenceType::None)
+        .finalize();
+    mqtt::AsyncClient::new(opts).map_err(LinkError::Create)
+}
+
+fn set_callbacks(client: &mqtt::AsyncClient, tx: &mpsc::Sender<Event>) {
+    {
+        let tx = tx.clone();
+        client.set_message_callback(move |_, m| {
+            if let Some(m) = m {
+                let _ = tx.send(Event::Message(m));
+            }
+        });
+    }
+    let tx = tx.clone();
+    client.set_connection_lost_callback(move |_| {
+        let _ = tx.send(Event::Lost);
+    });
 }
 
 impl Link {
     /// Creates the client (no network yet).
     pub fn new(cfg: &Config, mac: &str) -> Result<Link, LinkError> {
         let client_id = Config::client_id(mac);
-        let opts = mqtt::CreateOptionsBuilder::new_v3()
-            .server_uri(server_uri(cfg))
-            .client_id(&client_id)
-            .persistence(mqtt::PersistenceType::None)
-            .finalize();
-        let client = mqtt::AsyncClient::new(opts).map_err(LinkError::Create)?;
+        let client = create_client(cfg, &client_id)?;
         Ok(Link {
-            client,
+            client: std::sync::Mutex::new(client),
             topics: Topics::new(cfg, mac),
             client_id,
+            drops: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            fresh: AtomicBool::new(false),
+            events: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The Paho client in use (a cheap handle).
+    fn client(&self) -> mqtt::AsyncClient {
+        crate::runtime::lock(&self.client).clone()
     }
 
     fn connect_options(&self, cfg: &Config) -> mqtt::ConnectOptions {
@@ -269,20 +345,8 @@ impl Link {
     /// Starts `mqtt-link` and `mqtt-out` in `threads`.
     pub fn spawn(self, deps: LinkDeps, threads: &mut Threads) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel();
-        {
-            let tx = tx.clone();
-            self.client.set_message_callback(move |_, m| {
-                if let Some(m) = m {
-                    let _ = tx.send(Event::Message(m));
-                }
-            });
-        }
-        {
-            let tx = tx.clone();
-            self.client.set_connection_lost_callback(move |_| {
-                let _ = tx.send(Event::Lost);
-            });
-        }
+        set_callbacks(&self.client(), &tx);
+        *crate::runtime::lock(&self.events) = Some(tx.clone());
         let stop_tx = std::sync::Mutex::new(tx);
         deps.shutdown.on_trigger(move || {
             let _ = crate::runtime::lock(&stop_tx).send(Event::Stop);
@@ -310,14 +374,70 @@ impl Link {
         }
     }
 
+    /// Asks `mqtt-link` to reconnect with a fresh Paho client, so that nothing the old one
+    /// holds is resent (the session at the broker stays: same client id, no clean session).
+    fn want_fresh_client(&self) {
+        self.fresh.store(true, Ordering::SeqCst);
+        if let Some(tx) = crate::runtime::lock(&self.events).as_ref() {
+            let _ = tx.send(Event::Fresh);
+        }
+    }
+
+    /// Replaces the Paho client by a new one with the same client id; the messages the old
+    /// one was waiting to have acknowledged are forgotten with it.
+    fn fresh_client(&self, cfg: &Config) {
+        let Some(tx) = crate::runtime::lock(&self.events).clone() else {
+            return;
+        };
+        let new = match create_client(cfg, &self.client_id) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("MQTT: {e}; keeping the old client");
+                return;
+            }
+        };
+        set_callbacks(&new, &tx);
+        let old = std::mem::replace(&mut *crate::runtime::lock(&self.client), new);
+        old.remove_message_callback();
+        old.remove_connection_lost_callback();
+        if old.is_connected() {
+            let _ = old.disconnect(None).wait_for(Duration::from_secs(2));
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        log::info!("MQTT: fresh client for the next connect (same client id and session; messages the old one would have resent are given up)");
+    }
+
+    /// Book-keeping for a connection that ended (lost, or dropped during subscribe).
+    fn ended(&self, connected_at: Instant, backoff: &mut Backoff, short: &mut u32) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+        if connected_at.elapsed() >= SHORT_SESSION {
+            *short = 0;
+            backoff.reset();
+            return;
+        }
+        *short += 1;
+        if *short >= SHORT_SESSIONS_BEFORE_FRESH {
+            log::warn!(
+                "MQTT broker dropped the connection {short} times within {} s of connecting (it may refuse something resent on every reconnect: check its ACL and packet size limit)",
+                SHORT_SESSION.as_secs()
+            );
+            *short = 0;
+            self.fresh.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn session(&self, d: &LinkDeps, rx: &mpsc::Receiver<Event>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), true);
         let mut failures = 0u32;
+        let mut short = 0u32;
         let mut last_ping = Instant::now();
         'outer: while !d.shutdown.is_set() {
             let cfg = d.cfg.get();
-            match self
-                .client
+            if self.fresh.swap(false, Ordering::SeqCst) {
+                self.fresh_client(&cfg);
+            }
+            let client = self.client();
+            match client
                 .connect(self.connect_options(&cfg))
                 .wait_for(Duration::from_secs(30))
             {
@@ -341,7 +461,6 @@ impl Link {
                     }
                     d.broker.set(Some(uri));
                     failures = 0;
-                    backoff.reset();
                 }
                 Err(e) => {
                     failures += 1;
@@ -355,8 +474,8 @@ impl Link {
                     continue;
                 }
             }
-            if let Err(e) = self
-                .client
+            let connected_at = Instant::now();
+            if let Err(e) = client
                 .subscribe(&self.topics.sub, 1)
                 .wait_for(Duration::from_secs(10))
             {
@@ -364,10 +483,9 @@ impl Link {
                     "MQTT subscribe to {} failed ({e}); reconnecting",
                     self.topics.sub
                 );
-                let _ = self
-                    .client
-                    .disconnect(None)
-                    .wait_for(Duration::from_secs(2));
+                let _ = client.disconnect(None).wait_for(Duration::from_secs(2));
+                d.broker.set(None);
+                self.ended(connected_at, &mut backoff, &mut short);
                 if d.shutdown.wait_timeout(backoff.next_delay()) {
                     break;
                 }
@@ -378,11 +496,7 @@ impl Link {
                 online_payload(&self.client_id).to_string(),
                 cfg.qos.max(1),
             );
-            if let Err(e) = self
-                .client
-                .publish(online)
-                .wait_for(Duration::from_secs(10))
-            {
+            if let Err(e) = client.publish(online).wait_for(Duration::from_secs(10)) {
                 log::warn!("MQTT online CONNECT not published: {e}");
             }
             self.set_state(d, true);
@@ -407,19 +521,30 @@ impl Link {
                             log::debug!("MQTT message on unexpected topic {} ignored", msg.topic());
                         }
                     }
+                    // A late callback of a client replaced since.
+                    Ok(Event::Lost) if client.is_connected() => {}
                     Ok(Event::Lost) => {
                         let uri = d.broker.get().unwrap_or_else(|| server_uri(&d.cfg.get()));
                         self.set_state(d, false);
                         log::warn!("MQTT connection to {uri} lost; reconnecting");
+                        self.ended(connected_at, &mut backoff, &mut short);
                         break;
+                    }
+                    Ok(Event::Fresh) => {
+                        if self.fresh.load(Ordering::SeqCst) {
+                            self.set_state(d, false);
+                            let _ = client.disconnect(None).wait_for(Duration::from_secs(2));
+                            continue 'outer;
+                        }
                     }
                     Ok(Event::Stop) => break 'outer,
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => break 'outer,
                 }
-                if !self.client.is_connected() {
+                if !client.is_connected() {
                     self.set_state(d, false);
                     log::warn!("MQTT connection lost; reconnecting");
+                    self.ended(connected_at, &mut backoff, &mut short);
                     break;
                 }
                 if !cfg.no_ping && last_ping.elapsed() >= ping_every {
@@ -463,77 +588,130 @@ impl Link {
                     continue;
                 }
             };
-            match self.publish_now(&msg) {
-                Ok(()) => d.outbox.done(),
-                Err(e) if msg.qos == 0 => {
-                    log::warn!("MQTT publish to {topic} failed ({e}); QoS 0, not retried");
+            let e = match self.deliver(d, &msg) {
+                Delivery::Acked => {
                     d.outbox.done();
+                    continue;
                 }
-                Err(e) => {
-                    let mut msg = msg;
-                    msg.attempts += 1;
-                    let n = msg.attempts;
-                    if n < MAX_ATTEMPTS {
-                        log::warn!("MQTT publish to {topic} failed ({e}); will retry (attempt {n} of {MAX_ATTEMPTS})");
-                        d.outbox.unpop(msg);
-                    } else if let Some(stripped) =
-                        outbox::without_result(&msg).filter(|_| n == MAX_ATTEMPTS)
+                Delivery::Stopped => {
+                    d.outbox.unpop(msg);
+                    return;
+                }
+                Delivery::Dropped(n) => {
+                    // Paho would send it again on every reconnect: a fresh client forgets it.
+                    self.want_fresh_client();
+                    let len = msg.payload.len();
+                    match outbox::cut_short(&msg, SHORT_ANSWER)
+                        .filter(|_| msg.attempts < MAX_ATTEMPTS)
                     {
-                        log::warn!("MQTT publish to {topic} refused {n} times ({e}); retrying once without its result");
-                        d.outbox.unpop(Outgoing {
-                            attempts: n,
-                            ..stripped
-                        });
-                    } else {
-                        log::error!(
-                            "MQTT publish to {topic} refused {n} times ({e}); message of {} bytes dropped so that the rest can go out",
-                            msg.payload.len()
-                        );
-                        d.outbox.done();
+                        Some(short) => {
+                            log::error!("MQTT broker dropped the connection {n} times while a {len}-byte message to {topic} waited for its acknowledgement; sending it once more cut to {} bytes", short.payload.len());
+                            d.outbox.unpop(Outgoing {
+                                attempts: MAX_ATTEMPTS,
+                                ..short
+                            });
+                        }
+                        None => {
+                            log::error!("MQTT broker dropped the connection {n} times while a {len}-byte message to {topic} waited for its acknowledgement; message dropped so that the rest can go out");
+                            d.outbox.done();
+                        }
                     }
-                    // Longer pauses for a message the broker keeps refusing.
-                    let pause = Duration::from_millis(200 << n.min(5));
-                    if d.shutdown.wait_timeout(pause) {
-                        return;
-                    }
+                    continue;
                 }
+                Delivery::Replaced => mqtt::Error::from("the MQTT client was replaced"),
+                Delivery::Failed(e) => e,
+            };
+            let mut msg = msg;
+            msg.attempts += 1;
+            let n = msg.attempts;
+            if n < MAX_ATTEMPTS {
+                log::warn!("MQTT publish to {topic} failed ({e}); will retry (attempt {n} of {MAX_ATTEMPTS})");
+                d.outbox.unpop(msg);
+            } else if let Some(stripped) =
+                outbox::without_result(&msg).filter(|_| n == MAX_ATTEMPTS)
+            {
+                log::warn!("MQTT publish to {topic} refused {n} times ({e}); retrying once without its result");
+                d.outbox.unpop(Outgoing {
+                    attempts: n,
+                    ..stripped
+                });
+            } else {
+                log::error!(
+                    "MQTT publish to {topic} refused {n} times ({e}); message of {} bytes dropped so that the rest can go out",
+                    msg.payload.len()
+                );
+                d.outbox.done();
+            }
+            // Longer pauses for a message the broker keeps refusing.
+            let pause = Duration::from_millis(200 << n.min(5));
+            if d.shutdown.wait_timeout(pause) {
+                return;
             }
         }
     }
 
-    fn publish_now(&self, msg: &Outgoing) -> Result<(), mqtt::Error> {
+    /// Publishes `msg` and, for QoS >= 1, waits for its acknowledgement: across lost
+    /// connections (Paho resends it on reconnect), up to [`DROPS_BEFORE_GIVING_UP`] of them.
+    fn deliver(&self, d: &LinkDeps, msg: &Outgoing) -> Delivery {
+        let (epoch, drops) = (
+            self.epoch.load(Ordering::SeqCst),
+            self.drops.load(Ordering::SeqCst),
+        );
+        let client = self.client();
         let m = if msg.retain {
             mqtt::Message::new_retained(self.topics.of(msg.topic), msg.payload.clone(), msg.qos)
         } else {
             mqtt::Message::new(self.topics.of(msg.topic), msg.payload.clone(), msg.qos)
         };
-        let tok = self.client.publish(m);
-        if msg.qos > 0 {
-            tok.wait_for(Duration::from_secs(10)).map(|_| ())
-        } else {
-            Ok(())
+        let tok = client.publish(m);
+        if msg.qos == 0 {
+            // Not acknowledged: handed to Paho is all there is.
+            return Delivery::Acked;
+        }
+        let mut up_since = Instant::now();
+        loop {
+            match tok.clone().wait_for(Duration::from_secs(1)) {
+                Ok(()) => return Delivery::Acked,
+                Err(mqtt::Error::Timeout) => {}
+                Err(e) => return Delivery::Failed(e),
+            }
+            if d.shutdown.is_set() {
+                return Delivery::Stopped;
+            }
+            if self.epoch.load(Ordering::SeqCst) != epoch {
+                return Delivery::Replaced;
+            }
+            let n = self.drops.load(Ordering::SeqCst).saturating_sub(drops);
+            if n >= DROPS_BEFORE_GIVING_UP {
+                return Delivery::Dropped(n);
+            }
+            if !client.is_connected() {
+                up_since = Instant::now();
+            } else if up_since.elapsed() >= ACK_TIMEOUT {
+                // Still held by Paho: a fresh client forgets it before it is sent again.
+                self.want_fresh_client();
+                return Delivery::Failed(mqtt::Error::Timeout);
+            }
         }
     }
 
     /// Publishes the retained offline CONNECT and disconnects (clean stop).
     pub fn goodbye(&self, cfg: &Config) {
-        if self.client.is_connected() {
+        let client = self.client();
+        if client.is_connected() {
             let off = mqtt::Message::new_retained(
                 &self.topics.status,
                 offline_payload(&self.client_id).to_string(),
                 cfg.qos.max(1),
             );
-            if let Err(e) = self.client.publish(off).wait_for(Duration::from_secs(3)) {
+            if let Err(e) = client.publish(off).wait_for(Duration::from_secs(3)) {
                 log::warn!("offline CONNECT not published: {e}");
             }
             let opts = mqtt::DisconnectOptionsBuilder::new()
                 .timeout(Duration::from_millis(500))
                 .finalize();
             let t = Instant::now();
-            let _ = self
-                .client
-                .disconnect(opts)
-                .wait_for(Duration::from_secs(3));
+            let _ = client.disconnect(opts).wait_for(Duration::from_secs(3));
             log::debug!("MQTT disconnected in {} ms", t.elapsed().as_millis());
         }
     }

@@ -287,6 +287,16 @@ pub fn without_result(msg: &Outgoing) -> Option<Outgoing> {
     })
 }
 
+/// An answer on `pub/…` cut to at most `max` bytes (see [`fit`]), for one more try after
+/// the broker dropped the connection for it; `None` for anything else, or when it is no
+/// longer than `max` already (sending the same again would change nothing).
+pub fn cut_short(msg: &Outgoing, max: usize) -> Option<Outgoing> {
+    if msg.topic != Topic::Pub || msg.payload.len() <= max {
+        return None;
+    }
+    fit(msg.clone(), max).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +360,23 @@ mod tests {
             ..answer(&"z".repeat(3000), None)
         };
         assert!(fit(ev, 1000).unwrap_err().contains("mqtt_max_payload"));
+    }
+
+    #[test]
+    fn cut_short_only_for_long_answers() {
+        let long = answer(&"y".repeat(5000), Some(json!({"k": "v"})));
+        let short = cut_short(&long, 1024).unwrap();
+        assert!(short.payload.len() <= 1024, "{}", short.payload.len());
+        let v: Value = serde_json::from_slice(&short.payload).unwrap();
+        assert_eq!(v["meta"]["truncated"], true);
+        assert_eq!(v["id"], "j1");
+        assert!(v["meta"]["msg"].as_str().unwrap().starts_with("yyy"));
+        assert!(cut_short(&answer("small", None), 1024).is_none());
+        let event = Outgoing {
+            topic: Topic::Status,
+            ..long
+        };
+        assert!(cut_short(&event, 1024).is_none());
     }
 
     #[test]

@@ -689,3 +689,29 @@ fn measure_transports() {
         );
     }
 }
+
+/// A broker that refuses a message by dropping the connection (mosquitto closes it for a
+/// packet over `max_packet_size`; AWS IoT does so for a denied or oversized publish): Paho
+/// would send the message again on every reconnect of the persistent session. The link
+/// gives up on it after a few drops, sends the answer once more cut short, and the answers
+/// behind it still arrive.
+#[test]
+fn a_broker_dropping_the_connection_on_a_message_does_not_block_the_rest() {
+    let b = Broker::start_custom(|_| ("max_packet_size 6000\n".into(), vec![]));
+    let a = Agent::start(&b, |c| {
+        c["job_output_max"] = json!(100_000);
+    });
+    a.send_job(&json!({"id": "huge", "timestamp": now(), "meta": {"msg": "head -c 20000 /dev/zero | tr '\\0' 'x'"}}));
+    a.send_job(&json!({"id": "small", "timestamp": now(), "meta": {"msg": "sleep 0.5; echo ok"}}));
+    let small = a.answer("small", Duration::from_secs(90));
+    assert_eq!(small["meta"]["msg"], "ok\n", "{}", a.log());
+    let huge = a.answer("huge", Duration::from_secs(30));
+    assert_eq!(huge["meta"]["truncated"], true, "{huge}");
+    let len = huge["meta"]["msg"].as_str().unwrap_or("").len();
+    assert!(len < 6000, "{len}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(a.count(Topic::Pub, |v| v["id"] == "huge"), 1, "{}", a.log());
+    assert!(a.log().contains("dropped the connection"), "{}", a.log());
+    // Later answers go out at once.
+    assert_eq!(a.run("after", "echo fine")["meta"]["msg"], "fine\n");
+}
