@@ -472,39 +472,18 @@ pub fn run(config_path: PathBuf, init_url: Option<String>) -> Result<(), Fatal> 
             .spawn("monitor", crate::net::monitor::body(monitor))
             .map_err(|e| Fatal::Other(format!("cannot start the monitor thread: {e}")))?;
     }
-    crate::services::selfupdate::on_start(
-        crate::services::selfupdate::OnStart {
-            cfg: config.clone(),
-            jobs: jobs.clone(),
-            link: link_state.clone(),
-            shutdown: shutdown.clone(),
-            control: control_tx.clone(),
-            started,
-            deadline: timings.update_deadline,
-        },
-        &mut threads,
-    );
-    crate::services::firmware::on_start(
-        crate::services::firmware::OnStart {
-            cfg: config.clone(),
-            jobs: jobs.clone(),
-            link: link_state.clone(),
-            crash_after_answer: timings.crash_after_answer,
-        },
-        &mut threads,
-    );
-    crate::services::configure::on_start(
-        crate::services::configure::OnStart {
-            cfg: config.clone(),
-            jobs: jobs.clone(),
-            link: link_state.clone(),
-            shutdown: shutdown.clone(),
-            control: control_tx.clone(),
-            started,
-            crash_after_answer: timings.crash_after_answer,
-        },
-        &mut threads,
-    );
+    let resume = crate::services::pending::Resume {
+        cfg: config.clone(),
+        jobs: jobs.clone(),
+        link: link_state.clone(),
+        shutdown: shutdown.clone(),
+        control: control_tx.clone(),
+        started,
+        crash_after_answer: timings.crash_after_answer,
+    };
+    crate::services::selfupdate::on_start(resume.clone(), timings.update_deadline, &mut threads);
+    crate::services::firmware::on_start(resume.clone(), &mut threads);
+    crate::services::configure::on_start(resume, &mut threads);
     drop(control_tx);
 
     // --- the main loop: the one config-apply and re-exec path ---

@@ -24,7 +24,6 @@
 
 use crate::config::{Config, ConfigError};
 use crate::jobs::typed::{Done, Failure, JobFailure};
-use crate::jobs::Jobs;
 use crate::proto::{Processed, ProcessedMeta, Wire};
 use crate::runtime::{ConfigHandle, Control, ControlSender, Shutdown, Watch};
 use crate::services::pending;
@@ -32,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The marker file in `state_dir`.
@@ -427,21 +426,8 @@ pub fn decide(mut m: Marker, my_sha256: Option<&str>) -> Start {
     )
 }
 
-/// What the `configure` thread is given.
-pub struct OnStart {
-    pub cfg: ConfigHandle,
-    pub jobs: Arc<Jobs>,
-    pub link: Watch<bool>,
-    pub shutdown: Shutdown,
-    pub control: ControlSender,
-    /// When this process started (`confirm_s` counts from it).
-    pub started: Instant,
-    /// Test builds: see [`crate::runtime::Timings::crash_after_answer`].
-    pub crash_after_answer: bool,
-}
-
 /// The new process gives up: marker says why, `.bak` goes back, re-exec.
-fn roll_back(o: &OnStart, marker_file: &Path, mut m: Marker, why: String) {
+fn roll_back(o: &pending::Resume, marker_file: &Path, mut m: Marker, why: String) {
     log::error!("agent.configure job {}: {why}", m.job_id);
     m.failed = Some(why);
     if let Err(e) = pending::write(marker_file, &m) {
@@ -463,7 +449,7 @@ fn roll_back(o: &OnStart, marker_file: &Path, mut m: Marker, why: String) {
 }
 
 /// Call once at start-up: with a pending change, starts the `configure` thread.
-pub fn on_start(o: OnStart, threads: &mut crate::runtime::Threads) {
+pub fn on_start(o: pending::Resume, threads: &mut crate::runtime::Threads) {
     let marker_file = marker_path(&o.cfg.get().state_dir);
     let Some(m) = read_marker(&marker_file) else {
         return;

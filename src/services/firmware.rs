@@ -18,7 +18,6 @@
 #![forbid(unsafe_code)]
 
 use crate::jobs::typed::{Done, Failure, JobFailure};
-use crate::jobs::Jobs;
 use crate::link::outbox::Outbox;
 use crate::platform::identity;
 use crate::platform::process::{self, Capture, RunOpts, Spec};
@@ -372,18 +371,9 @@ pub fn processed(m: &Marker, verdict: &Result<Value, String>) -> Value {
     Processed::new(&m.job_id, meta).to_value()
 }
 
-/// What the `firmware` thread is given.
-pub struct OnStart {
-    pub cfg: ConfigHandle,
-    pub jobs: Arc<Jobs>,
-    pub link: Watch<bool>,
-    /// Test builds: see [`crate::runtime::Timings::crash_after_answer`].
-    pub crash_after_answer: bool,
-}
-
 /// Call once at start-up: with a pending upgrade, starts the `firmware` thread that waits
 /// for the broker, then answers the job.
-pub fn on_start(o: OnStart, threads: &mut crate::runtime::Threads) {
+pub fn on_start(o: pending::Resume, threads: &mut crate::runtime::Threads) {
     let marker_file = marker_path(&o.cfg.get().state_dir);
     let Some(m) = pending::read::<Marker>(&marker_file, "pending-firmware") else {
         return;

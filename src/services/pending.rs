@@ -1,5 +1,5 @@
-//! Answers owed across a restart (`firmware.upgrade` after the reboot, `agent.configure`
-//! after the re-exec): the marker file in `state_dir` (JSON, written atomically before the
+//! Answers owed across a restart (`firmware.upgrade` after the reboot, `agent.update` and
+//! `agent.configure` after the re-exec): the marker file in `state_dir` (JSON, written atomically before the
 //! action) and the one way such an answer is sent: stored with the job id in the seen-id
 //! journal and published ([`crate::jobs::Jobs::finish_acked`]), the marker removed only once
 //! the broker acknowledged it. A crash between the two leaves the marker with an answered
@@ -8,17 +8,34 @@
 #![forbid(unsafe_code)]
 
 use crate::jobs::Jobs;
-use crate::runtime::Watch;
+use crate::runtime::{ConfigHandle, ControlSender, Shutdown, Watch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long an owed answer waits for the broker's acknowledgement before the marker is
 /// left for the next start.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// What the start-up step of each owed answer (`agent.update`, `firmware.upgrade`,
+/// `agent.configure`) is given: built once by the agent, cloned for each.
+#[derive(Clone)]
+pub struct Resume {
+    pub cfg: ConfigHandle,
+    pub jobs: Arc<Jobs>,
+    pub link: Watch<bool>,
+    pub shutdown: Shutdown,
+    /// Where a rollback asks for its re-exec.
+    pub control: ControlSender,
+    /// When this process started (confirm deadlines count from it).
+    pub started: Instant,
+    /// Test builds: see [`crate::runtime::Timings::crash_after_answer`].
+    pub crash_after_answer: bool,
+}
 
 /// Reads a marker; `None` when absent, or unreadable (then logged and removed).
 pub fn read<T: DeserializeOwned>(path: &Path, what: &str) -> Option<T> {

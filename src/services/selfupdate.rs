@@ -7,7 +7,9 @@
 //! thread and service, then `execv` of the new binary with the same arguments and pid) and
 //! tells the worker that the answer comes later ([`Done::AnsweredLater`]). [`on_start`] runs
 //! once at start-up and, when a marker is present, starts the `selfupdate` thread that waits
-//! on the link-state watch for the broker, then answers the job through [`Jobs::finish`].
+//! on the link-state watch for the broker, then answers the job through [`pending::answer`]
+//! (once: a crash between the answer and the marker removal is caught by
+//! [`pending::already_answered`] at the next start).
 //! Shares `state_dir/pending-update.json` (the marker, written atomically before the switch).
 //!
 //! Which process is which after a re-exec: the marker records the sha256 of the new binary.
@@ -23,9 +25,9 @@
 #![forbid(unsafe_code)]
 
 use crate::jobs::typed::Done;
-use crate::jobs::Jobs;
 use crate::platform::process::{self, Capture, RunOpts, Spec};
-use crate::runtime::{ConfigHandle, Control, ControlSender, Shutdown, Watch};
+use crate::runtime::{ConfigHandle, Control, ControlSender};
+use crate::services::pending::{self, Resume};
 use crate::services::update;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -33,7 +35,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The marker file in `state_dir`.
 pub const MARKER_FILE: &str = "pending-update.json";
@@ -441,15 +443,18 @@ pub fn processed(m: &Marker, success: bool, error: Option<&str>) -> Value {
     crate::proto::Wire::to_value(&crate::proto::Processed::new(&m.job_id, meta))
 }
 
-fn report(jobs: &Jobs, marker_file: &Path, m: &Marker, success: bool, error: Option<&str>) {
+fn report(o: &Resume, marker_file: &Path, m: &Marker, success: bool, error: Option<&str>) {
     let msg = processed(m, success, error);
-    // Stored with the job id (a re-delivered job is a duplicate) and sent like any result.
-    jobs.finish(&m.job_id, &msg);
-    match fs::remove_file(marker_file) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => log::error!("cannot remove {}: {e}", marker_file.display()),
-    }
+    // Stored with the job id (a re-delivered job is a duplicate), sent like any result, the
+    // marker removed once the broker has it.
+    pending::answer(
+        &o.jobs,
+        &o.link,
+        marker_file,
+        &m.job_id,
+        &msg,
+        o.crash_after_answer,
+    );
     if success {
         log::info!(
             "agent.update job {}: now running {} (was {})",
@@ -488,37 +493,29 @@ pub fn pending_job_id(state_dir: &Path) -> Option<String> {
     read_marker(&marker_path(state_dir)).map(|m| m.job_id)
 }
 
-/// What the `selfupdate` thread is given.
-pub struct OnStart {
-    pub cfg: ConfigHandle,
-    pub jobs: std::sync::Arc<Jobs>,
-    pub link: Watch<bool>,
-    pub shutdown: Shutdown,
-    pub control: ControlSender,
-    /// When this process started (the connect deadline counts from it).
-    pub started: Instant,
-    pub deadline: Duration,
-}
-
 /// Call once at start-up: handles a pending update marker (cheap when there is none) in a
 /// `selfupdate` thread added to `threads`.
-pub fn on_start(o: OnStart, threads: &mut crate::runtime::Threads) {
+/// `deadline`: how long the new binary may take to reach the broker ([`CONNECT_DEADLINE`]).
+pub fn on_start(o: Resume, deadline: Duration, threads: &mut crate::runtime::Threads) {
     let cfg = o.cfg.get();
     let marker_file = marker_path(&cfg.state_dir);
     let Some(m) = read_marker(&marker_file) else {
         return;
     };
+    if pending::already_answered(&o.jobs, &m.job_id, &marker_file) {
+        return;
+    }
     let mine = own_exe().ok().and_then(|p| update::sha256_file(&p).ok());
     let r = threads.spawn("selfupdate", move || match decide(m, mine.as_deref()) {
         Start::Failed(m, why) => {
             // Kept for the next start when socketman stops before reaching the broker.
             if o.link.wait_until(None, |up| *up) {
-                report(&o.jobs, &marker_file, &m, false, Some(&why));
+                report(&o, &marker_file, &m, false, Some(&why));
             }
         }
         Start::RollBack(m, why) => roll_back(&o.control, &marker_file, m, why),
         Start::Confirm(m) => {
-            let limit = o.deadline;
+            let limit = deadline;
             if let Err(e) = write_marker(&marker_file, &m) {
                 log::error!("cannot write {}: {e}", marker_file.display());
             }
@@ -529,7 +526,7 @@ pub fn on_start(o: OnStart, threads: &mut crate::runtime::Threads) {
                 m.starts
             );
             if o.link.wait_until(Some(o.started + limit), |up| *up) {
-                report(&o.jobs, &marker_file, &m, true, None);
+                report(&o, &marker_file, &m, true, None);
             } else if !o.shutdown.is_set() {
                 let why = format!(
                     "update to {} failed: no broker connection within {} s; rolled back",
@@ -667,7 +664,7 @@ mod tests {
             "{e}"
         );
         let slow = script(d.path(), "slow", "exec sleep 30");
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         let e = check_new_binary(&slow, Duration::from_millis(300)).unwrap_err();
         assert!(
             matches!(e, SelfUpdateError::VersionTimeout { secs: 0, .. }),

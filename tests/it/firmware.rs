@@ -111,13 +111,7 @@ fn boot(a: &mut Agent) {
 
 /// Waits until the agent process died (killed by the stand-in, or aborted).
 fn wait_dead(a: &mut Agent) {
-    let end = Instant::now() + T;
-    let c = a.child.as_mut().expect("running");
-    while c.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < end, "agent still alive\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    a.child = None;
+    a.wait_exit(T);
 }
 
 fn image(version: &str) -> Vec<u8> {

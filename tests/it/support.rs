@@ -555,6 +555,22 @@ impl Agent {
         }
     }
 
+    /// Waits for the process to exit by itself (a reboot command, a test-build abort).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        let mut c = self.child.take().expect("agent not running");
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                panic!("agent still alive after {timeout:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait for the exit (up to 20 s).
     pub fn term(&mut self) -> (ExitStatus, Duration) {
         let start = Instant::now();

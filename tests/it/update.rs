@@ -910,3 +910,37 @@ fn https_downloads_verify_the_certificate_unless_insecure() {
     assert_eq!(p["meta"]["success"], true, "{p}");
     assert_eq!(current(&a), Some(PathBuf::from("2.1")));
 }
+
+#[test]
+fn a_crash_between_the_answer_and_the_marker_removal_answers_once() {
+    let b = Broker::start();
+    // This start is the new binary confirming its update; it dies right after answering.
+    let (mut a, exe, bytes) = prepare_from_copy(&b);
+    let m = marker(&a, &exe, &sha(&bytes), json!({}));
+    a.env
+        .push(("SOCKETMAN_TEST_CRASH_AFTER_ANSWER".into(), "1".into()));
+    a.spawn();
+    let ans = a.answer("self-9", T);
+    assert_eq!(ans["meta"]["success"], true, "{ans}");
+    assert!(!a.wait_exit(T).success(), "the test build aborts");
+    assert!(m.exists(), "the crash left the marker");
+    // The next start finds the answer in the journal: the marker goes, no second answer.
+    a.env.pop();
+    a.spawn();
+    a.wait_online(2);
+    let ping = a.job("ping", json!({}));
+    assert_eq!(ping["meta"]["success"], true);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!m.exists());
+    assert_eq!(
+        a.count(Topic::Pub, |v| v["id"] == "self-9"),
+        1,
+        "{}",
+        a.log()
+    );
+    assert!(
+        a.log().contains("answered before the last stop"),
+        "{}",
+        a.log()
+    );
+}
