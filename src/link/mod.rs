@@ -222,8 +222,9 @@ pub fn offline_payload(client_id: &str) -> serde_json::Value {
     Connect::offline(client_id).to_value()
 }
 
-/// A connection that ends sooner than this after its CONNACK is "short": a broker that
-/// drops the connection for a message Paho resends on every reconnect makes only short ones.
+/// A connection that ends before its setup (subscribe, online CONNECT) or sooner than this
+/// after it is "short": a broker that drops the connection for something sent on every
+/// connect (a message Paho resends, the online CONNECT) makes only short ones.
 const SHORT_SESSION: Duration = Duration::from_secs(5);
 
 /// Short connections in a row after which the next connect starts a fresh Paho client
@@ -277,6 +278,28 @@ fn create_client(cfg: &Config, client_id: &str) -> Result<mqtt::AsyncClient, Lin
         .persistence(mqtt::PersistenceType::None)
         .finalize();
     mqtt::AsyncClient::new(opts).map_err(LinkError::Create)
+}
+
+/// Waits up to `max` for a token (`wait` waits on a clone of it for the time given), giving up
+/// as soon as the connection is lost: Paho keeps such a token pending for the next connect.
+fn wait_up(
+    client: &mqtt::AsyncClient,
+    max: Duration,
+    mut wait: impl FnMut(Duration) -> Result<(), mqtt::Error>,
+) -> Result<(), mqtt::Error> {
+    let end = Instant::now() + max;
+    loop {
+        match wait(Duration::from_millis(200)) {
+            Err(mqtt::Error::Timeout) => {}
+            r => return r,
+        }
+        if !client.is_connected() {
+            return Err(mqtt::Error::General("connection lost"));
+        }
+        if Instant::now() >= end {
+            return Err(mqtt::Error::Timeout);
+        }
+    }
 }
 
 fn set_callbacks(client: &mqtt::AsyncClient, tx: &mpsc::Sender<Event>) {
@@ -408,9 +431,10 @@ impl Link {
     }
 
     /// Book-keeping for a connection that ended (lost, or dropped during subscribe).
-    fn ended(&self, connected_at: Instant, backoff: &mut Backoff, short: &mut u32) {
+    /// `up_at`: when it was set up (subscribed, online CONNECT acknowledged), if it was.
+    fn ended(&self, up_at: Option<Instant>, backoff: &mut Backoff, short: &mut u32) {
         self.drops.fetch_add(1, Ordering::SeqCst);
-        if connected_at.elapsed() >= SHORT_SESSION {
+        if up_at.is_some_and(|t| t.elapsed() >= SHORT_SESSION) {
             *short = 0;
             backoff.reset();
             return;
@@ -418,7 +442,7 @@ impl Link {
         *short += 1;
         if *short >= SHORT_SESSIONS_BEFORE_FRESH {
             log::warn!(
-                "MQTT broker dropped the connection {short} times within {} s of connecting (it may refuse something resent on every reconnect: check its ACL and packet size limit)",
+                "MQTT broker dropped the connection {short} times in a row before or within {} s of its setup (it may refuse something sent on every connect: check its ACL and packet size limit)",
                 SHORT_SESSION.as_secs()
             );
             *short = 0;
@@ -474,18 +498,17 @@ impl Link {
                     continue;
                 }
             }
-            let connected_at = Instant::now();
-            if let Err(e) = client
-                .subscribe(&self.topics.sub, 1)
-                .wait_for(Duration::from_secs(10))
-            {
+            let sub = client.subscribe(&self.topics.sub, 1);
+            if let Err(e) = wait_up(&client, Duration::from_secs(10), |t| {
+                sub.clone().wait_for(t).map(|_| ())
+            }) {
                 log::error!(
                     "MQTT subscribe to {} failed ({e}); reconnecting",
                     self.topics.sub
                 );
                 let _ = client.disconnect(None).wait_for(Duration::from_secs(2));
                 d.broker.set(None);
-                self.ended(connected_at, &mut backoff, &mut short);
+                self.ended(None, &mut backoff, &mut short);
                 if d.shutdown.wait_timeout(backoff.next_delay()) {
                     break;
                 }
@@ -496,9 +519,16 @@ impl Link {
                 online_payload(&self.client_id).to_string(),
                 cfg.qos.max(1),
             );
-            if let Err(e) = client.publish(online).wait_for(Duration::from_secs(10)) {
-                log::warn!("MQTT online CONNECT not published: {e}");
-            }
+            let tok = client.publish(online);
+            let up_at = match wait_up(&client, Duration::from_secs(10), |t| {
+                tok.clone().wait_for(t)
+            }) {
+                Ok(()) => Some(Instant::now()),
+                Err(e) => {
+                    log::warn!("MQTT online CONNECT not published: {e}");
+                    None
+                }
+            };
             self.set_state(d, true);
             loop {
                 if d.shutdown.is_set() {
@@ -527,7 +557,7 @@ impl Link {
                         let uri = d.broker.get().unwrap_or_else(|| server_uri(&d.cfg.get()));
                         self.set_state(d, false);
                         log::warn!("MQTT connection to {uri} lost; reconnecting");
-                        self.ended(connected_at, &mut backoff, &mut short);
+                        self.ended(up_at, &mut backoff, &mut short);
                         break;
                     }
                     Ok(Event::Fresh) => {
@@ -544,7 +574,7 @@ impl Link {
                 if !client.is_connected() {
                     self.set_state(d, false);
                     log::warn!("MQTT connection lost; reconnecting");
-                    self.ended(connected_at, &mut backoff, &mut short);
+                    self.ended(up_at, &mut backoff, &mut short);
                     break;
                 }
                 if !cfg.no_ping && last_ping.elapsed() >= ping_every {

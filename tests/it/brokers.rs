@@ -1,7 +1,9 @@
 //! Issue 15: reaching the brokers fleets use — client certificates (mosquitto
 //! `require_certificate`), MQTT over WebSockets (ws and wss), an HTTP CONNECT proxy, failover
-//! between two brokers, a broker ACL that refuses `status/…`, and answers cut to fit a broker
-//! with a packet size limit. Certificates are made by the test with `openssl`.
+//! between two brokers, a broker ACL that refuses `status/…`, answers cut to fit a broker
+//! with a packet size limit, and brokers that refuse by dropping the connection (mosquitto's
+//! `max_packet_size`; a relay that drops it at a publish to `status/…`, as AWS IoT does for a
+//! denied topic). Certificates are made by the test with `openssl`.
 //!
 //! Debian's mosquitto is built without websockets (a `protocol websockets` listener fails with
 //! "Unable to start any listening sockets"), so the WebSocket endpoint is websockify (Debian
@@ -714,4 +716,120 @@ fn a_broker_dropping_the_connection_on_a_message_does_not_block_the_rest() {
     assert!(a.log().contains("dropped the connection"), "{}", a.log());
     // Later answers go out at once.
     assert_eq!(a.run("after", "echo fine")["meta"]["msg"], "fine\n");
+}
+
+/// A relay in front of the broker that, while `deny` is set, drops the connection when the
+/// client publishes to `status/…`: what AWS IoT does for a topic its policy denies (mosquitto
+/// only drops such a message and acknowledges it).
+struct Denier {
+    port: u16,
+    deny: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Denier {
+    fn start(broker: u16) -> Denier {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let deny = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (d, n) = (deny.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                n.fetch_add(1, Ordering::SeqCst);
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let Ok(up) = TcpStream::connect(("127.0.0.1", broker)) else {
+                        return;
+                    };
+                    let (mut up_r, mut down_w) =
+                        (up.try_clone().unwrap(), conn.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut up_r, &mut down_w);
+                        let _ = down_w.shutdown(std::net::Shutdown::Both);
+                    });
+                    // Client to broker, packet by packet.
+                    let (mut r, mut w) = (BufReader::new(conn), up);
+                    loop {
+                        let mut first = [0u8; 1];
+                        if r.read_exact(&mut first).is_err() {
+                            break;
+                        }
+                        let (mut len, mut shift, mut header) = (0usize, 0, vec![first[0]]);
+                        loop {
+                            let mut b = [0u8; 1];
+                            if r.read_exact(&mut b).is_err() || shift > 21 {
+                                let _ = w.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            header.push(b[0]);
+                            len |= ((b[0] & 0x7f) as usize) << shift;
+                            shift += 7;
+                            if b[0] & 0x80 == 0 {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0u8; len];
+                        if r.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        let topic_len = body
+                            .get(..2)
+                            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                            .unwrap_or(0);
+                        let denied = first[0] >> 4 == 3
+                            && body
+                                .get(2..2 + topic_len)
+                                .is_some_and(|t| t.starts_with(b"status/"))
+                            && d.load(Ordering::SeqCst);
+                        if denied {
+                            break;
+                        }
+                        header.extend_from_slice(&body);
+                        if w.write_all(&header).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = w.shutdown(std::net::Shutdown::Both);
+                    let _ = r.get_ref().shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Denier {
+            port,
+            deny,
+            connections,
+        }
+    }
+}
+
+/// A broker that drops the connection at every online CONNECT (a policy denying `status/…`):
+/// the link keeps its reconnects apart with a growing back-off instead of reconnecting every
+/// second, starts a fresh client after three short connections, and works again once the
+/// policy is fixed.
+#[test]
+fn a_broker_dropping_every_connection_gets_a_growing_back_off() {
+    use std::sync::atomic::Ordering;
+    let b = Broker::start();
+    let relay = Denier::start(b.port);
+    let mut a = Agent::prepare(&b, |c| c["port"] = json!(relay.port));
+    a.spawn();
+    assert!(
+        wait_log(
+            &a,
+            |l| l.contains("MQTT: fresh client"),
+            Duration::from_secs(60)
+        ),
+        "{}",
+        a.log()
+    );
+    assert!(a.log().contains("3 times in a row"), "{}", a.log());
+    let n = relay.connections.load(Ordering::SeqCst);
+    // Three short connections, 1 s and 2 s apart (the back-off doubles), then the fresh
+    // client, 4 s later.
+    assert!((3..=5).contains(&n), "{n} connections\n{}", a.log());
+    relay.deny.store(false, Ordering::SeqCst);
+    a.wait_online(1);
+    assert_eq!(a.run("fixed", "echo ok")["meta"]["msg"], "ok\n");
 }
