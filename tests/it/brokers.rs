@@ -703,11 +703,18 @@ fn a_broker_dropping_the_connection_on_a_message_does_not_block_the_rest() {
     let a = Agent::start(&b, |c| {
         c["job_output_max"] = json!(100_000);
     });
+    let t0 = Instant::now();
     a.send_job(&json!({"id": "huge", "timestamp": now(), "meta": {"msg": "head -c 20000 /dev/zero | tr '\\0' 'x'"}}));
     a.send_job(&json!({"id": "small", "timestamp": now(), "meta": {"msg": "sleep 0.5; echo ok"}}));
     let small = a.answer("small", Duration::from_secs(90));
     assert_eq!(small["meta"]["msg"], "ok\n", "{}", a.log());
+    let t_small = t0.elapsed();
     let huge = a.answer("huge", Duration::from_secs(30));
+    eprintln!(
+        "timeline: answer behind the dropped one {:.1} s, the dropped one cut short {:.1} s after the jobs",
+        t_small.as_secs_f32(),
+        t0.elapsed().as_secs_f32()
+    );
     assert_eq!(huge["meta"]["truncated"], true, "{huge}");
     let len = huge["meta"]["msg"].as_str().unwrap_or("").len();
     assert!(len < 6000, "{len}");
@@ -815,6 +822,7 @@ fn a_broker_dropping_every_connection_gets_a_growing_back_off() {
     let relay = Denier::start(b.port);
     let mut a = Agent::prepare(&b, |c| c["port"] = json!(relay.port));
     a.spawn();
+    let t0 = Instant::now();
     assert!(
         wait_log(
             &a,
@@ -829,6 +837,10 @@ fn a_broker_dropping_every_connection_gets_a_growing_back_off() {
     // Three short connections, 1 s and 2 s apart (the back-off doubles), then the fresh
     // client, 4 s later.
     assert!((3..=5).contains(&n), "{n} connections\n{}", a.log());
+    eprintln!(
+        "timeline: fresh client after {n} connections, {:.1} s after the start",
+        t0.elapsed().as_secs_f32()
+    );
     relay.deny.store(false, Ordering::SeqCst);
     a.wait_online(1);
     assert_eq!(a.run("fixed", "echo ok")["meta"]["msg"], "ok\n");
