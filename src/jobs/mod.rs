@@ -54,6 +54,10 @@ pub struct Jobs {
     rx: Mutex<Receiver<Job>>,
     queued: AtomicUsize,
     active: AtomicUsize,
+    /// Workers waiting for a job.
+    waiting: AtomicUsize,
+    /// `network` jobs queued or running (shell jobs wait behind them).
+    network: AtomicUsize,
     accepting: AtomicBool,
     seen: Mutex<SeenStore>,
     gate: RwLock<()>,
@@ -75,6 +79,8 @@ impl Jobs {
             rx: Mutex::new(rx),
             queued: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            network: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             seen: Mutex::new(SeenStore::open(Some(cfg.state_dir.join("seen.json")))),
             gate: RwLock::new(()),
@@ -161,7 +167,13 @@ impl Jobs {
             );
             return;
         }
-        lock(&self.seen).insert(&job.id, &job.ty, payload);
+        // A shell job that a waiting worker takes at once is recorded as started with its
+        // acceptance: one fdatasync less. A crash in between answers it "interrupted", as a
+        // crash between the "started" line and the spawn would.
+        let at_once = job.kind() == Kind::Shell
+            && self.network.load(Ordering::SeqCst) == 0
+            && self.waiting.load(Ordering::SeqCst) > self.queued.load(Ordering::SeqCst);
+        lock(&self.seen).insert(&job.id, &job.ty, payload, at_once);
         ctx.outbox.publish(
             Topic::Delivery,
             &Delivered::new(&job.id, false).to_value(),
@@ -176,6 +188,10 @@ impl Jobs {
     /// as cancelled, with `ty` as its type.
     fn enqueue(&self, job: Job, ty: &str) {
         self.queued.fetch_add(1, Ordering::SeqCst);
+        let network = job.kind() == Kind::Network;
+        if network {
+            self.network.fetch_add(1, Ordering::SeqCst);
+        }
         let id = job.id.clone();
         let sent = lock(&self.tx)
             .as_ref()
@@ -183,6 +199,9 @@ impl Jobs {
             .unwrap_or(false);
         if !sent {
             self.queued.fetch_sub(1, Ordering::SeqCst);
+            if network {
+                self.network.fetch_sub(1, Ordering::SeqCst);
+            }
             let p = processed_error(&id, ty, "cancelled: socketman is stopping");
             self.finish(&id, &p);
         }
@@ -198,9 +217,12 @@ impl Jobs {
         let ctx = &self.ctx;
         loop {
             // Blocks until a job arrives or the sender is dropped at stop.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
             let next = lock(&self.rx).recv();
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             let Ok(job) = next else { return };
             self.queued.fetch_sub(1, Ordering::SeqCst);
+            let network = job.kind() == Kind::Network;
             if !self.accepting.load(Ordering::SeqCst) {
                 let p = processed_error(
                     &job.id,
@@ -208,6 +230,9 @@ impl Jobs {
                     "cancelled: socketman is stopping before the job started",
                 );
                 self.finish(&job.id, &p);
+                if network {
+                    self.network.fetch_sub(1, Ordering::SeqCst);
+                }
                 self.notify_idle();
                 continue;
             }
@@ -215,7 +240,7 @@ impl Jobs {
             // On disk before anything runs: after a crash from here on, the job is answered
             // as interrupted; before it, it runs after the restart.
             lock(&self.seen).started(&job.id);
-            let processed = if job.kind() == Kind::Network {
+            let processed = if network {
                 let _alone = match self.gate.write() {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
@@ -230,6 +255,9 @@ impl Jobs {
             };
             if let Some(processed) = processed {
                 self.finish(&job.id, &processed);
+            }
+            if network {
+                self.network.fetch_sub(1, Ordering::SeqCst);
             }
             self.active.fetch_sub(1, Ordering::SeqCst);
             self.notify_idle();
