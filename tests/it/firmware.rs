@@ -327,18 +327,7 @@ fn firmware_crash_between_answer_and_marker_removal_answers_once() {
         "timeline: crash test done {:.1} s after the job",
         t0.elapsed().as_secs_f32()
     );
-    assert!(!marker(&a).exists());
-    assert_eq!(
-        a.count(Topic::Pub, |v| v["id"] == "fw-crash"),
-        1,
-        "{}",
-        a.log()
-    );
-    assert!(
-        a.log().contains("answered before the last stop"),
-        "{}",
-        a.log()
-    );
+    crate::support::assert_answered_once_across_crash(&a, "fw-crash", &marker(&a));
 }
 
 #[test]

@@ -589,6 +589,19 @@ impl Agent {
     }
 }
 
+/// After a restart that found an owed answer (`agent.update`, `firmware.upgrade`) already
+/// sent by the process that crashed: the marker is gone, job `id` has one answer, and the
+/// log says why.
+pub fn assert_answered_once_across_crash(a: &Agent, id: &str, marker: &Path) {
+    assert!(!marker.exists(), "{} still there", marker.display());
+    assert_eq!(a.count(Topic::Pub, |v| v["id"] == id), 1, "{}", a.log());
+    assert!(
+        a.log().contains("answered before the last stop"),
+        "{}",
+        a.log()
+    );
+}
+
 /// kill(1) by command, to keep `unsafe` out of the tests.
 pub fn unsafe_free_kill(pid: u32, sig: i32) {
     let _ = Command::new("kill")

@@ -931,16 +931,5 @@ fn a_crash_between_the_answer_and_the_marker_removal_answers_once() {
     let ping = a.job("ping", json!({}));
     assert_eq!(ping["meta"]["success"], true);
     std::thread::sleep(Duration::from_secs(1));
-    assert!(!m.exists());
-    assert_eq!(
-        a.count(Topic::Pub, |v| v["id"] == "self-9"),
-        1,
-        "{}",
-        a.log()
-    );
-    assert!(
-        a.log().contains("answered before the last stop"),
-        "{}",
-        a.log()
-    );
+    crate::support::assert_answered_once_across_crash(&a, "self-9", &m);
 }
